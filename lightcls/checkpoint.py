@@ -1,0 +1,46 @@
+"""Checkpoints with Orbax: the latest (to resume) and the best by validation top-1 are kept."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+BEST_METRIC = 'eval/top1'
+
+
+def create_manager(workdir: str, keep_best: int = 1) -> ocp.CheckpointManager:
+  """A manager of `workdir/checkpoints` keeping the latest checkpoint and the `keep_best` best ones.
+
+  A preservation policy decides what is kept: `max_to_keep` + `best_fn` alone would delete the latest
+  checkpoint whenever it is not among the best, and with it the ability to resume. `best_fn` is still
+  given: without it Orbax does not write the metrics to disk, and a resumed run could not rank (and
+  would delete) the checkpoints of the run before it.
+  """
+  score = lambda metrics: metrics[BEST_METRIC]
+  preserve = policies.AnyPreservationPolicy([
+      policies.LatestN(1),
+      policies.BestN(get_metric_fn=score, n=keep_best, keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=preserve, best_fn=score, best_mode='max',
+                                         create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+                               item_names=('state', 'meta'), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],
+         metrics: dict[str, float]) -> None:
+  """Saves asynchronously; `meta` holds the host-side loop state (JSON), `metrics` ranks the best."""
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+               metrics=metrics)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+  """Restores checkpoint `step` into the structure, dtypes and shardings of `like` (any device count)."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                           meta=ocp.args.JsonRestore()))
+  return restored['state'], restored['meta']
+

@@ -1,0 +1,92 @@
+"""Config checks (before anything is loaded or compiled) and the resolution of epoch/step durations."""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Sequence
+
+import ml_collections
+
+DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and what to set instead."""
+
+
+def _choice(key: str, value: str, choices: Sequence[str]) -> None:
+  if value not in choices:
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f' Did you mean {close[0]!r}?' if close else ''
+    raise ConfigError(f'config.{key}={value!r} is not one of {sorted(choices)}.{hint}')
+
+
+def _positive(key: str, value: float | None, allow_none: bool = False) -> None:
+  if value is None and allow_none:
+    return
+  if value is None or value <= 0:
+    raise ConfigError(f'config.{key} must be positive; got {value!r}.')
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
+  """Raises ConfigError for a config that cannot run; cheap (no data, no compilation)."""
+  from lightcls import losses, models, optim, schedules
+  from lightcls.data import sources
+  _choice('model.name', config.model.name, list(models.MODELS))
+  _choice('model.padding', config.model.padding, models.PADDINGS)
+  _choice('model.dtype', config.model.dtype, DTYPES)
+  _choice('data.source', config.data.source, list(sources.SOURCES) + ['arrays'])
+  _choice('optimizer.name', config.optimizer.name, list(optim.OPTIMIZERS))
+  _choice('schedule.name', config.schedule.name, schedules.SCHEDULES)
+  _choice('loss.name', config.loss.name, losses.LOSSES)
+  if config.data.source == 'tfds' and not config.data.name:
+    raise ConfigError("config.data.name must name the tfds dataset when data.source='tfds' (e.g. 'cifar10').")
+  if len(config.data.mean) != len(config.data.std):
+    raise ConfigError(f'config.data.mean {config.data.mean} and config.data.std {config.data.std} '
+                      'must have the same length (one value per channel, or one for all).')
+  if any(s <= 0 for s in config.data.std):
+    raise ConfigError(f'config.data.std must be positive; got {config.data.std}.')
+  if not 0.0 <= config.loss.label_smoothing < 1.0:
+    raise ConfigError(f'config.loss.label_smoothing must be in [0, 1); got {config.loss.label_smoothing}.')
+  if not 0.0 <= config.model.dropout < 1.0:
+    raise ConfigError(f'config.model.dropout must be in [0, 1); got {config.model.dropout}.')
+  for key in ('data.image_size', 'model.width', 'optimizer.lr', 'train.log_every_steps', 'train.keep_best'):
+    section, name = key.split('.')
+    _positive(key, config[section][name])
+  _positive('train.total_epochs', config.train.total_epochs, allow_none=config.train.total_steps is not None)
+  _positive('train.total_steps', config.train.total_steps, allow_none=True)
+  for key in ('batch_size', 'eval_batch_size'):
+    size = config.train[key]
+    _positive(f'train.{key}', size)
+    if size % device_count:
+      raise ConfigError(f'config.train.{key}={size} must be a multiple of the {device_count} devices '
+                        f'(e.g. {math.ceil(size / device_count) * device_count}).')
+
+
+def resolve_steps(section: ml_collections.ConfigDict, name: str, steps_per_epoch: int):
+  """`section.{name}_steps` if set, else `section.{name}_epochs` converted to steps (numbers or tuples)."""
+  steps = section[f'{name}_steps']
+  if steps is not None:
+    return tuple(int(s) for s in steps) if isinstance(steps, (tuple, list)) else int(steps)
+  epochs = section[f'{name}_epochs']
+  if epochs is None:
+    return None
+  if isinstance(epochs, (tuple, list)):
+    return tuple(round(e * steps_per_epoch) for e in epochs)
+  return max(1, round(epochs * steps_per_epoch))
+
+
+def explain_bad_override(config: ml_collections.ConfigDict, override: str) -> str | None:
+  """For `--config.a.b=v` naming a key that does not exist: which one, the closest key, the valid keys."""
+  path = override.split('=', 1)[0].removeprefix('--config.').split('.')
+  node, prefix = config, 'config'
+  for key in path:
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f'{override}: {prefix} is a value, not a section; it has no key {key!r}.'
+    if key not in node:
+      keys = sorted(node.keys())
+      close = difflib.get_close_matches(key, keys, n=1)
+      hint = f' Did you mean {prefix}.{close[0]}?' if close else ''
+      return f'{override}: {prefix} has no key {key!r}.{hint} Valid keys: {", ".join(keys)}.'
+    node, prefix = node[key], f'{prefix}.{key}'
+  return None

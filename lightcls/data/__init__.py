@@ -1,0 +1,1 @@
+"""Data: sources (-> uint8 arrays) and the host pipeline (resize, shuffle, batch, shard per process)."""

@@ -1,0 +1,109 @@
+"""GhostNet (Han et al., 2020, "GhostNet: More Features from Cheap Operations"), as timm's `ghostnet_*`.
+
+A Ghost module makes half of its output channels with an ordinary 1x1 convolution and the other half
+from those with a cheap depthwise convolution. The block table below is the paper's Table 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lightcls.models.layers import Conv, ConvBNAct, LayerConfig, SqueezeExcite, make_divisible
+
+
+class Block(NamedTuple):
+  kernel: int      # depthwise kernel of the stride-2 conv and of the shortcut
+  expansion: int   # hidden channels (before width scaling)
+  out: int         # output channels (before width scaling)
+  se: bool
+  stride: int
+
+
+# Stages of GhostNet 1.0 (paper Table 1); width scales `expansion` and `out`.
+GHOSTNET_BLOCKS: tuple[tuple[Block, ...], ...] = (
+    (Block(3, 16, 16, False, 1),),
+    (Block(3, 48, 24, False, 2),),
+    (Block(3, 72, 24, False, 1),),
+    (Block(5, 72, 40, True, 2),),
+    (Block(5, 120, 40, True, 1),),
+    (Block(3, 240, 80, False, 2),),
+    (Block(3, 200, 80, False, 1), Block(3, 184, 80, False, 1), Block(3, 184, 80, False, 1),
+     Block(3, 480, 112, True, 1), Block(3, 672, 112, True, 1)),
+    (Block(5, 672, 160, True, 2),),
+    (Block(5, 960, 160, False, 1), Block(5, 960, 160, True, 1), Block(5, 960, 160, False, 1),
+     Block(5, 960, 160, True, 1)),
+)
+LAST_EXPANSION = 960
+
+
+class GhostModule(nn.Module):
+  """1x1 conv to ceil(out/2) channels, then a 3x3 depthwise conv makes the other half."""
+  features: int
+  act: bool = True
+  layer: LayerConfig = LayerConfig()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    act = 'relu' if self.act else None
+    primary = ConvBNAct(math.ceil(self.features / 2), 1, act=act, layer=self.layer, name='primary')(x, train)
+    cheap = ConvBNAct(None, 3, act=act, layer=self.layer, name='cheap')(primary, train)
+    return jnp.concatenate([primary, cheap], axis=-1)[..., :self.features]
+
+
+class GhostBottleneck(nn.Module):
+  """Ghost module (expand) -> [stride-2 depthwise] -> [SE] -> Ghost module (project) + shortcut."""
+  hidden: int
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  se: bool = False
+  layer: LayerConfig = LayerConfig()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = GhostModule(self.hidden, act=True, layer=self.layer, name='ghost1')(x, train)
+    if self.stride > 1:
+      y = ConvBNAct(None, self.kernel, self.stride, act=None, layer=self.layer, name='dw')(y, train)
+    if self.se:
+      y = SqueezeExcite(make_divisible(self.hidden * 0.25, 4), layer=self.layer, name='se')(y)
+    y = GhostModule(self.features, act=False, layer=self.layer, name='ghost2')(y, train)
+    return y + self.shortcut(x, train)
+
+  def shortcut(self, x: jax.Array, train: bool) -> jax.Array:
+    if x.shape[-1] == self.features and self.stride == 1:
+      return x
+    x = ConvBNAct(None, self.kernel, self.stride, act=None, layer=self.layer, name='shortcut_dw')(x, train)
+    return ConvBNAct(self.features, 1, act=None, layer=self.layer, name='shortcut_pw')(x, train)
+
+
+class GhostNet(nn.Module):
+  """GhostNet classifier; `width` 0.5 / 1.0 / 1.3 gives timm's ghostnet_050 / _100 / _130."""
+  num_classes: int
+  width: float = 1.0
+  dropout: float = 0.2
+  head_features: int = 1280
+  layer: LayerConfig = LayerConfig()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+    x = x.astype(self.layer.compute_dtype)
+    x = ConvBNAct(make_divisible(16 * self.width, 4), 3, 2, layer=self.layer, name='stem')(x, train)
+    index = 0
+    for stage in GHOSTNET_BLOCKS:
+      for block in stage:
+        x = GhostBottleneck(make_divisible(block.expansion * self.width, 4),
+                            make_divisible(block.out * self.width, 4), block.kernel, block.stride,
+                            block.se, self.layer, name=f'block{index}')(x, train)
+        index += 1
+    x = ConvBNAct(make_divisible(LAST_EXPANSION * self.width, 4), 1, layer=self.layer, name='last')(x, train)
+    x = jnp.mean(x, axis=(1, 2), keepdims=True)
+    x = Conv(self.head_features, use_bias=True, layer=self.layer, name='head')(x)
+    features = nn.relu(x).reshape(x.shape[0], -1)
+    x = nn.Dropout(self.dropout, deterministic=not train)(features)
+    logits = nn.Dense(self.num_classes, dtype=self.layer.compute_dtype, param_dtype=jnp.float32,
+                      name='classifier')(x).astype(jnp.float32)
+    return (logits, features) if return_features else logits

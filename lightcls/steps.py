@@ -1,0 +1,49 @@
+"""Pure train and eval steps; train.py jit-compiles them over the device mesh."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lightcls.data.augment import augment
+from lightcls.losses import LossFn
+from lightcls.metrics import EvalMetrics, TrainMetrics
+from lightcls.state import TrainState
+
+
+def normalized(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """uint8 pixels -> float32 standardised per channel (mean/std given in [0, 1] units)."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: float, *, loss_fn: LossFn,
+               mean: Sequence[float], std: Sequence[float],
+               augment_config: ml_collections.ConfigDict) -> tuple[TrainState, TrainMetrics]:
+  """One optimizer step on a global batch; BatchNorm statistics span the whole (sharded) batch."""
+  augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  images = normalized(augment(augment_rng, batch['image'], augment_config), mean, std)
+  labels = batch['label']
+
+  def loss_and_outputs(params):
+    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, images,
+                                     train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    return loss_fn(logits, labels).mean(), (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_outputs, has_aux=True)(state.params)
+  learning_rate = jnp.asarray(learning_rate, jnp.float32)
+  state = state.apply_gradients(grads, batch_stats, learning_rate)
+  metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
+                                                  learning_rate=learning_rate)
+  return state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_fn: LossFn, mean: Sequence[float],
+              std: Sequence[float]) -> EvalMetrics:
+  """Metrics of one padded eval batch; rows with mask=False do not count."""
+  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                          normalized(batch['image'], mean, std), train=False)
+  return EvalMetrics.single_from_model_output(loss=loss_fn(logits, batch['label']), logits=logits,
+                                              labels=batch['label'], mask=batch['mask'])

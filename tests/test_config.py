@@ -1,0 +1,55 @@
+import pytest
+
+from configs import default, quickstart
+from lightcls import config_utils
+from lightcls.config_utils import ConfigError
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('model.name', 'ghostnt', "Did you mean 'ghostnet'"),
+    ('optimizer.name', 'lamb', "'adamw'"),
+    ('data.source', 'imagenet', "'digits'"),
+    ('schedule.name', 'cosine', "'multistep'"),
+    ('model.padding', 'valid', "'symmetric'"),
+    ('loss.label_smoothing', 1.0, r'\[0, 1\)'),
+    ('train.batch_size', 0, 'positive'),
+    ('optimizer.lr', -1.0, 'positive'),
+])
+def test_validate_names_the_key_and_the_valid_choices(key, value, message):
+  config = default.get_config()
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=message) as error:
+    config_utils.validate(config)
+  assert f'config.{key}' in str(error.value)
+
+
+def test_batch_must_divide_over_devices():
+  config = default.get_config()
+  config.train.batch_size = 12
+  with pytest.raises(ConfigError, match=r'multiple of the 8 devices \(e.g. 16\)'):
+    config_utils.validate(config, device_count=8)
+
+
+def test_every_shipped_config_is_valid():
+  for module in (default, quickstart):
+    config_utils.validate(module.get_config())
+
+
+def test_durations_resolve_from_epochs_unless_steps_are_given():
+  train = default.get_config().train
+  train.total_epochs = 2.5
+  assert config_utils.resolve_steps(train, 'total', steps_per_epoch=10) == 25
+  train.total_steps = 7
+  assert config_utils.resolve_steps(train, 'total', steps_per_epoch=10) == 7
+  schedule = default.get_config().schedule
+  schedule.milestones_epochs = (1, 1.5)
+  assert config_utils.resolve_steps(schedule, 'milestones', steps_per_epoch=10) == (10, 15)
+
+
+def test_explain_bad_override_names_the_missing_key_and_the_closest_one():
+  message = config_utils.explain_bad_override(default.get_config(), '--config.optimzer.lr=1')
+  assert "config has no key 'optimzer'" in message and 'Did you mean config.optimizer?' in message
+  assert config_utils.explain_bad_override(default.get_config(), '--config.optimizer.lr=1') is None
+  nested = config_utils.explain_bad_override(default.get_config(), '--config.optimizer.lr.x=1')
+  assert 'config.optimizer.lr is a value' in nested

@@ -1,0 +1,67 @@
+"""One real epoch in process: a tfds dataset by name (mocked), TensorBoard events, exact evaluation."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightcls import losses, models, optim, state as state_lib, steps, train
+from lightcls.data import pipeline, sources
+from tests.helpers import read_jsonl, small_config, tensorboard_scalars
+
+
+@pytest.fixture(scope='module')
+def mock_tfds_run(tmp_path_factory):
+  """One real epoch of GhostNet on a tfds dataset by name (mnist, mocked: 40 random images per split)."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  workdir = str(tmp_path_factory.mktemp('mock_tfds'))
+  config = small_config(**{'data.source': 'tfds', 'data.name': 'mnist'})
+  with tfds.testing.mock_data(num_examples=40):
+    summary = train.train_and_evaluate(config, workdir)
+  return workdir, summary
+
+
+def test_one_epoch_on_a_tfds_dataset_trains_evaluates_and_checkpoints(mock_tfds_run):
+  workdir, summary = mock_tfds_run
+  assert summary['steps'] == 2 and summary['epochs'] == 1  # 40 // 16
+  assert summary['params'] == 3_914_030 and summary['final']['eval/examples'] == 40  # 16 + 16 + 8
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['2']
+  assert json.load(open(os.path.join(workdir, 'config.json')))['data']['name'] == 'mnist'
+  assert json.load(open(os.path.join(workdir, 'summary.json')))['best_top1'] == summary['best_top1']
+
+
+def test_tensorboard_events_hold_the_train_and_eval_scalars_of_metrics_jsonl(mock_tfds_run):
+  workdir, _ = mock_tfds_run
+  events = tensorboard_scalars(os.path.join(workdir, 'tensorboard'))
+  for tag in ('train/loss', 'train/top1', 'train/top5', 'train/learning_rate', 'train/images_per_second',
+              'eval/loss', 'eval/top1', 'eval/top5'):
+    assert tag in events, tag
+  for row in read_jsonl(workdir):
+    for tag, value in row.items():
+      if tag.startswith(('train/', 'eval/')):
+        assert events[tag][row['step']] == pytest.approx(value, rel=1e-6), tag
+
+
+def test_eval_counts_every_example_once_when_the_split_is_not_a_multiple_of_the_batch():
+  config = small_config()
+  data = pipeline.prepared(sources.load(config.data), 32)
+  split = sources.Split(data.eval.images[:37], data.eval.labels[:37])  # 16 + 16 + 5 (padded to 16)
+  mesh = train.data_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  model = models.create_model(config.model, 10)
+  state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), (32, 32, 1), 0, replicated)
+  loss_fn = losses.create_loss(config.loss)
+  eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn, mean=config.data.mean,
+                                        std=config.data.std))
+  results = train.evaluate(eval_step, state, split, 16, batch_sharding)
+
+  # Reference: one forward pass over all 37 examples at once.
+  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                       steps.normalized(jnp.asarray(split.images), config.data.mean, config.data.std))
+  assert results['eval/examples'] == 37
+  assert results['eval/top1'] == pytest.approx(float(np.mean(np.argmax(logits, -1) == split.labels)))
+  assert results['eval/loss'] == pytest.approx(float(loss_fn(logits, split.labels).mean()), rel=1e-5)

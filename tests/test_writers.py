@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+
+from lightcls import writers
+from tests.helpers import tensorboard_scalars
+
+
+def exercise(writer):
+  writer.write_hparams({'optimizer.lr': 0.001, 'model.name': 'ghostnet'})
+  writer.write_scalars(1, {'train/loss': 2.5, 'train/top1': 0.25})
+  writer.write_scalars(2, {'eval/top1': 0.5})
+  writer.close()
+
+
+def test_event_writer_without_tensorflow_is_readable_by_tensorboard(tmp_path):
+  exercise(writers.EventWriter(str(tmp_path)))
+  assert tensorboard_scalars(str(tmp_path)) == {'train/loss': {1: 2.5}, 'train/top1': {1: 0.25},
+                                                'eval/top1': {2: 0.5}}
+
+
+def test_tensorboard_writer_falls_back_to_the_tf_free_writer_when_tensorflow_is_missing(tmp_path):
+  code = ("import sys; sys.modules['tensorflow'] = None\n"
+          "from lightcls import writers, train, main\n"
+          f"print(type(writers.tensorboard_writer({str(tmp_path)!r})).__name__)")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == 'EventWriter'
+
+
+def test_jsonl_writer_on_resume_drops_the_lines_after_the_checkpoint(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  first = writers.JsonlWriter(path)
+  for step in (1, 2, 3, 4):
+    first.write_scalars(step, {'train/loss': float(step)})
+  first.close()
+  resumed = writers.JsonlWriter(path, resume_step=2)
+  resumed.write_scalars(3, {'train/loss': 30.0})
+  resumed.close()
+  rows = [json.loads(line) for line in open(path)]
+  assert [(r['step'], r['train/loss']) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
