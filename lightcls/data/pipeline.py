@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
+import jax
 import numpy as np
 
 from lightcls.data.sources import Dataset, Split
@@ -19,7 +20,6 @@ def resized(split: Split, size: int) -> Split:
   """The split with every image resized to size x size (bilinear, antialiased when shrinking)."""
   if split.images.shape[1:3] == (size, size):
     return split
-  import jax
   out = []
   for chunk in np.array_split(split.images, max(1, len(split.images) // 512)):
     shape = (len(chunk), size, size, chunk.shape[-1])

@@ -20,17 +20,9 @@ def hard_sigmoid(x: jax.Array) -> jax.Array:
   return jax.nn.relu6(x + 3.0) / 6.0
 
 
-def hard_swish(x: jax.Array) -> jax.Array:
-  return x * hard_sigmoid(x)
-
-
 ACTIVATIONS: dict[str, Activation] = {
     'relu': jax.nn.relu,
-    'relu6': jax.nn.relu6,
-    'swish': jax.nn.swish,
-    'hard_swish': hard_swish,
     'hard_sigmoid': hard_sigmoid,
-    'sigmoid': jax.nn.sigmoid,
 }
 
 
