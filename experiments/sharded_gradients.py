@@ -5,6 +5,10 @@ with SGD, learning rate 1, no momentum or weight decay and no dropout, so `param
 gradient the step used. The reference recomputes it in float64 from the same augmented images. Prints
 the relative error of the stem and last-block kernel gradients (float32 noise is ~1e-5).
 
+At initialisation every BatchNorm bias is 0, so a channel that is constant over the batch (common on the
+1x1 maps of the last blocks at 32 px) lands exactly on ReLU's kink, where the gradient is whatever
+rounding decides. --offset_bn_bias moves every BatchNorm bias off 0 to tell such ties from real errors.
+
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/sharded_gradients.py --batch=8
 """
 import argparse
@@ -26,8 +30,20 @@ KERNELS = {'stem': ('stem', 'conv', 'Conv_0', 'kernel'),
            'block15': ('block15', 'ghost1', 'primary', 'conv', 'Conv_0', 'kernel')}
 
 
-def step_and_reference_gradients(batch_size: int):
+def offset_bn_biases(params, scale: float):
+  """Every BatchNorm bias plus N(0, scale^2) noise (fixed seed)."""
+  rng = np.random.default_rng(0)
+
+  def offset(path, x):
+    is_bn_bias = 'BatchNorm' in jax.tree_util.keystr(path) and path[-1].key == 'bias'
+    return x + scale * rng.standard_normal(x.shape).astype(x.dtype) if is_bn_bias else x
+
+  return jax.tree_util.tree_map_with_path(offset, params)
+
+
+def step_and_reference_gradients(batch_size: int, crop_padding: int, bias_offset: float):
   config = quickstart.get_config()
+  config.augment.crop_padding = crop_padding
   config.model.dropout = 0.0
   config.optimizer.update(name='sgd', lr=1.0, momentum=0.0, weight_decay=0.0)
   data = pipeline.prepared(sources.load(config.data), config.data.image_size)
@@ -36,6 +52,8 @@ def step_and_reference_gradients(batch_size: int):
   model = models.create_model(config.model, data.num_classes)
   state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer),
                                        data.train.images.shape[1:], config.seed, replicated)
+  if bias_offset:
+    state = state.replace(params=jax.device_put(offset_bn_biases(state.params, bias_offset), replicated))
   params = jax.tree.map(np.asarray, state.params)
   batch_stats, rng = jax.tree.map(np.asarray, state.batch_stats), np.asarray(state.rng)
   batch = next(train.global_batches(pipeline.train_batches(data.train, batch_size, 0, 0), sharded))
@@ -63,9 +81,13 @@ def step_and_reference_gradients(batch_size: int):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--crop_padding', type=int, default=4, help='random crop inside the step (0: none)')
+  parser.add_argument('--offset_bn_bias', type=float, default=0.0, help='std of noise added to BN biases')
   args = parser.parse_args()
-  used, reference = step_and_reference_gradients(args.batch)
-  print(f'{jax.device_count()} device(s), global batch {args.batch} ({args.batch // jax.device_count()} per device)')
+  used, reference = step_and_reference_gradients(args.batch, args.crop_padding, args.offset_bn_bias)
+  print(f'jax {jax.__version__}, {jax.device_count()} device(s), global batch {args.batch} '
+        f'({args.batch // jax.device_count()} per device), crop_padding {args.crop_padding}, '
+        f'BN bias offset {args.offset_bn_bias}')
   for name, path in KERNELS.items():
     got, want = used, reference
     for key in path:
