@@ -31,12 +31,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.name = 'ghostnet'
   model.width = 1.0                   # width multiplier
-  model.dropout = 0.2                 # before the classifier
+  model.dropout = placeholder(float)   # before the classifier; None: the architecture's own
   model.head_features = placeholder(int)  # width of the head; None: the architecture's own (GhostNet 1280)
+  model.head = 'default'              # default | thesis (GhostNet of seed 000: bias-free linear + BN head)
+  model.drop_path = placeholder(float)  # stochastic depth of residual blocks (EfficientNet); None: own
+  model.small_input = False           # for 28-32 px images: early strides reduced instead of blocks cut
   model.bn_momentum = 0.9             # Flax sense: running = m * running + (1 - m) * batch (PyTorch 0.1)
   model.bn_eps = 1e-5
   model.padding = 'symmetric'         # symmetric (PyTorch/timm) | same (TF/Keras)
   model.dtype = 'float32'             # compute dtype: float32 | bfloat16 (parameters stay float32)
+  model.conv_impl = 'auto'            # depthwise/1x1 convolutions: auto (fastest measured) | xla | fast
+
+  config.init = init = ml_collections.ConfigDict()  # weights to start from (not when resuming)
+  init.checkpoint = placeholder(str)  # a timm/PyTorch state dict (.pth/.pt/.bin/.safetensors), a Keras
+                                      # .weights.h5/.h5/.keras file, or another lightcls run's workdir
+  init.reference = placeholder(str)   # the reference model the file belongs to, when the file alone does
+                                      # not say the layer order: timm name (.safetensors) or keras.applications
+                                      # name (.h5), e.g. 'mobilenetv3_large_100', 'MobileNetV3Large'
+
+  config.freeze = freeze = ml_collections.ConfigDict()  # frozen layers: no updates, BatchNorm statistics fixed
+  freeze.trainable = 'all'            # all | classifier | last_blocks (python -m lightcls.summary lists blocks)
+  freeze.last_blocks = 1              # with trainable='last_blocks': how many top-level blocks, from the end
 
   config.optimizer = optimizer = ml_collections.ConfigDict()
   optimizer.name = 'adamw'            # adamw | sgd

@@ -26,8 +26,8 @@ from configs import quickstart  # noqa: E402
 from lightcls import losses, models, optim, state as state_lib, steps, train  # noqa: E402
 from lightcls.data import augment, pipeline, sources  # noqa: E402
 
-KERNELS = {'stem': ('stem', 'conv', 'Conv_0', 'kernel'),
-           'block15': ('block15', 'ghost1', 'primary', 'conv', 'Conv_0', 'kernel')}
+KERNELS = {'stem': ('stem', 'conv', 'kernel'),
+           'block15': ('block15', 'ghost1', 'primary', 'conv', 'kernel')}
 
 
 def offset_bn_biases(params, scale: float):
@@ -35,7 +35,7 @@ def offset_bn_biases(params, scale: float):
   rng = np.random.default_rng(0)
 
   def offset(path, x):
-    is_bn_bias = 'BatchNorm' in jax.tree_util.keystr(path) and path[-1].key == 'bias'
+    is_bn_bias = path[-2].key in ('bn', 'head_bn') and path[-1].key == 'bias'
     return x + scale * rng.standard_normal(x.shape).astype(x.dtype) if is_bn_bias else x
 
   return jax.tree_util.tree_map_with_path(offset, params)

@@ -35,10 +35,15 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   _choice('model.name', config.model.name, list(models.MODELS))
   _choice('model.padding', config.model.padding, models.PADDINGS)
   _choice('model.dtype', config.model.dtype, DTYPES)
+  _choice('model.conv_impl', config.model.conv_impl, models.CONV_IMPLS)
+  _choice('model.head', config.model.head, models.HEADS)
   _choice('data.source', config.data.source, list(sources.SOURCES) + ['arrays'])
   _choice('optimizer.name', config.optimizer.name, list(optim.OPTIMIZERS))
   _choice('schedule.name', config.schedule.name, schedules.SCHEDULES)
   _choice('loss.name', config.loss.name, losses.LOSSES)
+  _choice('freeze.trainable', config.freeze.trainable, optim.TRAINABLE)
+  if config.freeze.trainable == 'last_blocks':
+    _positive('freeze.last_blocks', config.freeze.last_blocks)
   if config.data.source == 'tfds' and not config.data.name:
     raise ConfigError("config.data.name must name the tfds dataset when data.source='tfds' (e.g. 'cifar10').")
   if len(config.data.mean) != len(config.data.std):
@@ -48,8 +53,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     raise ConfigError(f'config.data.std must be positive; got {config.data.std}.')
   if not 0.0 <= config.loss.label_smoothing < 1.0:
     raise ConfigError(f'config.loss.label_smoothing must be in [0, 1); got {config.loss.label_smoothing}.')
-  if not 0.0 <= config.model.dropout < 1.0:
-    raise ConfigError(f'config.model.dropout must be in [0, 1); got {config.model.dropout}.')
+  for key in ('dropout', 'drop_path'):
+    if config.model[key] is not None and not 0.0 <= config.model[key] < 1.0:
+      raise ConfigError(f'config.model.{key} must be in [0, 1); got {config.model[key]}.')
+  try:  # model-specific options (a head or drop path the architecture lacks); builds no weights
+    models.create_model(config.model, num_classes=2)
+  except ValueError as error:
+    raise ConfigError(f'config.{error}') from None
   for key in ('data.image_size', 'model.width', 'optimizer.lr', 'train.log_every_steps', 'train.keep_best'):
     section, name = key.split('.')
     _positive(key, config[section][name])

@@ -30,6 +30,23 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return OPTIMIZERS[config.name](config)
 
 
+TRAINABLE = ('all', 'classifier', 'last_blocks')
+
+
+def frozen_blocks(blocks: list[str], config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The top-level blocks (in forward order) that a `config.freeze` section keeps fixed."""
+  if config.trainable == 'all':
+    return ()
+  if config.trainable == 'classifier':
+    return tuple(blocks[:-1])
+  if config.trainable == 'last_blocks':
+    if not 1 <= config.last_blocks <= len(blocks):
+      raise ValueError(f'freeze.last_blocks={config.last_blocks} must be between 1 and the model\'s '
+                       f'{len(blocks)} top-level blocks ({", ".join(blocks)})')
+    return tuple(blocks[:-config.last_blocks])
+  raise ValueError(f'unknown freeze.trainable {config.trainable!r}; choose one of {TRAINABLE}')
+
+
 def with_learning_rate(opt_state: optax.InjectHyperparamsState, learning_rate: jax.Array):
   """The optimizer state with its learning rate replaced (float32, so the step never recompiles)."""
   hyperparams = dict(opt_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))

@@ -20,9 +20,13 @@ def normalized(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: float, *, loss_fn: LossFn,
-               mean: Sequence[float], std: Sequence[float],
-               augment_config: ml_collections.ConfigDict) -> tuple[TrainState, TrainMetrics]:
-  """One optimizer step on a global batch; BatchNorm statistics span the whole (sharded) batch."""
+               mean: Sequence[float], std: Sequence[float], augment_config: ml_collections.ConfigDict,
+               frozen: tuple[str, ...] = ()) -> tuple[TrainState, TrainMetrics]:
+  """One optimizer step on a global batch; BatchNorm statistics span the whole (sharded) batch.
+
+  Top-level blocks named in `frozen` keep their parameters (their gradients are never computed: XLA
+  drops the unused backward pass) and, through the model's LayerConfig, their BatchNorm statistics.
+  """
   augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = normalized(augment(augment_rng, batch['image'], augment_config), mean, std)
   labels = batch['label']
@@ -33,8 +37,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: fl
     return loss_fn(logits, labels).mean(), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_outputs, has_aux=True)(state.params)
+  grads = {name: jax.tree.map(jnp.zeros_like, g) if name in frozen else g for name, g in grads.items()}
   learning_rate = jnp.asarray(learning_rate, jnp.float32)
+  old_params = state.params
   state = state.apply_gradients(grads, batch_stats, learning_rate)
+  if frozen:  # weight decay would still move them
+    state = state.replace(params={name: old_params[name] if name in frozen else p
+                                  for name, p in state.params.items()})
   metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
                                                   learning_rate=learning_rate)
   return state, metrics

@@ -5,6 +5,7 @@ notebook. Re-running it on the same workdir resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -13,6 +14,7 @@ import os
 import time
 from typing import Any, Iterator
 
+import flax.linen as nn
 import jax
 import ml_collections
 from absl import logging
@@ -21,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lightcls import checkpoint, config_utils, losses, models, optim, schedules, state as state_lib, steps, writers
 from lightcls.data import pipeline, sources
 from lightcls.metrics import EvalMetrics, TrainMetrics
+from lightcls.models import convert
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -144,6 +147,35 @@ def _after_eval(meta: dict[str, Any], results: dict[str, float], epoch: int, ste
   return meta
 
 
+def model_and_frozen_blocks(config: ml_collections.ConfigDict, num_classes: int,
+                            image_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[str, ...]]:
+  """The configured model, with the top-level blocks that `config.freeze` keeps fixed marked frozen."""
+  model = models.create_model(config.model, num_classes)
+  blocks = list(dict.fromkeys(p[0] for p in convert.layer_order(model, (1, *image_shape))))
+  try:
+    frozen = optim.frozen_blocks(blocks, config.freeze)
+  except ValueError as error:
+    raise config_utils.ConfigError(f'config.{error}') from None
+  if frozen:
+    logging.info('Frozen: %s; trained: %s.', ', '.join(frozen), ', '.join(b for b in blocks if b not in frozen))
+    model = model.clone(layer=dataclasses.replace(model.layer, frozen_blocks=frozen))
+  return model, frozen
+
+
+def with_initial_weights(state: state_lib.TrainState, config: ml_collections.ConfigDict, model: nn.Module,
+                         image_shape: tuple[int, ...], sharding: NamedSharding) -> state_lib.TrainState:
+  """`state` with parameters and BatchNorm statistics from `config.init.checkpoint` (see configs/default.py)."""
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  try:
+    loaded = convert.load_initial_variables(config.checkpoint, config.reference, model,
+                                            jax.device_get(variables), (1, *image_shape))
+  except (ValueError, FileNotFoundError) as error:
+    raise config_utils.ConfigError(str(error)) from None
+  loaded = jax.device_put(loaded, sharding)
+  logging.info('Initial weights from %s.', config.checkpoint)
+  return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: sources.Dataset | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the final summary.
@@ -170,9 +202,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                'on %d device(s).', len(dataset.train), len(dataset.eval), dataset.num_classes, total_steps,
                batch_size, num_epochs, steps_per_epoch, jax.device_count())
 
-  model = models.create_model(config.model, dataset.num_classes)
-  state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer),
-                                       dataset.train.images.shape[1:], config.seed, replicated)
+  image_shape = dataset.train.images.shape[1:]
+  model, frozen = model_and_frozen_blocks(config, dataset.num_classes, image_shape)
+  state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), image_shape,
+                                       config.seed, replicated)
   num_params = state_lib.parameter_count(state)
   logging.info('%s: %s parameters.', config.model.name, f'{num_params:,}')
   manager = checkpoint.create_manager(workdir, config.train.keep_best)
@@ -182,6 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if resume_step is not None:
     state, meta = checkpoint.restore(manager, resume_step, state)
     logging.info('Resumed from the checkpoint of step %d (epoch %d).', resume_step, meta['epoch'])
+  elif config.init.checkpoint:
+    state = with_initial_weights(state, config.init, model, image_shape, replicated)
   if jax.process_index() == 0:
     _save_config(workdir, config, resume_step or 0)
   writer = writers.create_writer(workdir, resume_step)
@@ -191,7 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   loss_fn = losses.create_loss(config.loss)
   norm = dict(loss_fn=loss_fn, mean=tuple(config.data.mean), std=tuple(config.data.std))
-  train_step = jax.jit(functools.partial(steps.train_step, augment_config=config.augment, **norm),
+  train_step = jax.jit(functools.partial(steps.train_step, augment_config=config.augment, frozen=frozen,
+                                         **norm),
                        donate_argnums=0, out_shardings=(replicated, replicated))
   eval_step = jax.jit(functools.partial(steps.eval_step, **norm), out_shardings=replicated)
 

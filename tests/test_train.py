@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lightcls import losses, models, optim, state as state_lib, steps, train
+from lightcls import checkpoint, losses, models, optim, state as state_lib, steps, train
 from lightcls.data import pipeline, sources
 from tests.helpers import read_jsonl, small_config, tensorboard_scalars
 
@@ -65,3 +65,21 @@ def test_eval_counts_every_example_once_when_the_split_is_not_a_multiple_of_the_
   assert results['eval/examples'] == 37
   assert results['eval/top1'] == pytest.approx(float(np.mean(np.argmax(logits, -1) == split.labels)))
   assert results['eval/loss'] == pytest.approx(float(loss_fn(logits, split.labels).mean()), rel=1e-5)
+
+
+def test_fine_tuning_from_another_run_with_a_frozen_base_trains_only_the_classifier(mock_tfds_run, tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  source, _ = mock_tfds_run
+  config = small_config(**{'data.source': 'tfds', 'data.name': 'mnist', 'init.checkpoint': source,
+                           'freeze.trainable': 'classifier'})
+  with tfds.testing.mock_data(num_examples=40):
+    train.train_and_evaluate(config, str(tmp_path))
+  before = checkpoint.restore_variables(source)
+  after = checkpoint.restore_variables(str(tmp_path))
+  for collection in ('params', 'batch_stats'):
+    for block in before[collection]:
+      same = jax.tree.map(np.array_equal, before[collection][block], after[collection][block])
+      if block == 'classifier':
+        assert not all(jax.tree.leaves(same))
+      else:
+        assert all(jax.tree.leaves(same)), (collection, block)

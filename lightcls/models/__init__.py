@@ -1,4 +1,9 @@
-"""Model registry: config.model.name -> constructor. Every model takes the same common options."""
+"""Model registry: config.model.name -> constructor. Every model takes the same common options.
+
+A constructor receives the `config.model` section and the class count and returns a Flax module whose
+`__call__(images, train=False, return_features=False)` gives logits, or (logits, pre-logit features).
+Options a model does not have are rejected (`unsupported`), never silently dropped.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,22 +11,79 @@ from typing import Callable
 import flax.linen as nn
 import ml_collections
 
-from lightcls.models.ghostnet import GhostNet
-from lightcls.models.layers import PADDINGS, LayerConfig
+from lightcls.models import efficientnet, ghostnet, mobilenet
+from lightcls.models.layers import CONV_IMPLS, PADDINGS, LayerConfig
 
 
 def layer_config(config: ml_collections.ConfigDict) -> LayerConfig:
   return LayerConfig(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, padding=config.padding,
-                     dtype=config.dtype)
+                     dtype=config.dtype, conv_impl=config.conv_impl)
+
+
+def unsupported(config: ml_collections.ConfigDict, **defaults) -> None:
+  """Raises if a key this model does not have is set away from its default (None / 'default')."""
+  for key, default in defaults.items():
+    if config[key] != default:
+      raise ValueError(f'model.{key}={config[key]!r} is not an option of {config.name}; '
+                       f'leave it at {default!r}')
+
+
+def optional(value, default):
+  """`value` unless it is None (the config's "the architecture's own")."""
+  return default if value is None else value
 
 
 def _ghostnet(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return GhostNet(num_classes=num_classes, width=config.width, dropout=config.dropout,
-                  head_features=config.head_features or 1280, layer=layer_config(config))
+  unsupported(config, drop_path=None)
+  head = 'timm' if config.head == 'default' else config.head
+  return ghostnet.GhostNet(num_classes=num_classes, width=config.width, dropout=optional(config.dropout, 0.2),
+                           head_features=optional(config.head_features, 1280), head=head,
+                           small_input=config.small_input, layer=layer_config(config))
 
+
+def _mobilenet(version: str, size: str | None = None) -> Callable[[ml_collections.ConfigDict, int], nn.Module]:
+  """MobileNet V1 / V2 / V3 (`size` small | large); dropout and head_features None: the architecture's own."""
+  def build(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    # V1 has no head layer to resize.
+    unsupported(config, drop_path=None, head='default', **({'head_features': None} if version == 'v1' else {}))
+    common = dict(num_classes=num_classes, width=config.width, dropout=config.dropout,
+                  small_input=config.small_input, layer=layer_config(config))
+    if version == 'v1':
+      return mobilenet.MobileNetV1(**common)
+    if version == 'v2':
+      return mobilenet.MobileNetV2(head_features=config.head_features, **common)
+    return mobilenet.MobileNetV3(size=size, head_features=config.head_features, **common)
+  return build
+
+
+def _efficientnet(variant: str) -> Callable[[ml_collections.ConfigDict, int], nn.Module]:
+  """EfficientNet-`variant` (b0..b7); dropout / head_features None: the variant's own, drop_path None: 0.2."""
+  def build(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    unsupported(config, head='default')
+    return efficientnet.EfficientNet(
+        num_classes=num_classes, variant=variant, width=config.width,
+        dropout=optional(config.dropout, efficientnet.VARIANTS[variant].dropout),
+        drop_path=optional(config.drop_path, 0.2), head_features=config.head_features,
+        small_input=config.small_input, layer=layer_config(config))
+  return build
+
+
+HEADS = ('default', 'thesis')  # thesis: GhostNet of seed 000
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
     'ghostnet': _ghostnet,
+    'mobilenet_v1': _mobilenet('v1'),
+    'mobilenet_v2': _mobilenet('v2'),
+    'mobilenet_v3_small': _mobilenet('v3', 'small'),
+    'mobilenet_v3_large': _mobilenet('v3', 'large'),
+    'efficientnet_b0': _efficientnet('b0'),
+    'efficientnet_b1': _efficientnet('b1'),
+    'efficientnet_b2': _efficientnet('b2'),
+    'efficientnet_b3': _efficientnet('b3'),
+    'efficientnet_b4': _efficientnet('b4'),
+    'efficientnet_b5': _efficientnet('b5'),
+    'efficientnet_b6': _efficientnet('b6'),
+    'efficientnet_b7': _efficientnet('b7'),
 }
 
 
@@ -32,4 +94,4 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
   return MODELS[config.name](config, num_classes)
 
 
-__all__ = ['MODELS', 'PADDINGS', 'create_model', 'layer_config']
+__all__ = ['CONV_IMPLS', 'HEADS', 'MODELS', 'PADDINGS', 'create_model', 'layer_config', 'optional', 'unsupported']

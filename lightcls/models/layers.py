@@ -1,7 +1,8 @@
-"""Building blocks shared by every model: convolutions, BatchNorm, activations, squeeze-excite.
+"""Building blocks shared by every model: convolutions, BatchNorm, activations, squeeze-excite, drop path.
 
 All models take their convolutions from here so that the implementation of depthwise and pointwise
-convolutions can be chosen per backend in one place (see DESIGN.md, "Known XLA weakness").
+convolutions is chosen per backend in one place (`convolutions.py`; DESIGN.md, "Known XLA weakness").
+Parameter shapes are nn.Conv's whatever the implementation, so checkpoints and weight ports do not change.
 """
 from __future__ import annotations
 
@@ -12,23 +13,41 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lightcls.models import convolutions
+
 Activation = Callable[[jax.Array], jax.Array]
 
 
 def hard_sigmoid(x: jax.Array) -> jax.Array:
-  # relu6(x + 3) / 6, the form used by MobileNetV3 and GhostNet (not jax.nn.hard_sigmoid's slope).
+  # relu6(x + 3) / 6, the form of MobileNetV3, GhostNet, timm and Keras (jax.nn.hard_sigmoid is the same).
   return jax.nn.relu6(x + 3.0) / 6.0
+
+
+def hard_swish(x: jax.Array) -> jax.Array:
+  return x * hard_sigmoid(x)
+
+
+def identity(x: jax.Array) -> jax.Array:
+  return x
 
 
 ACTIVATIONS: dict[str, Activation] = {
     'relu': jax.nn.relu,
+    'relu6': jax.nn.relu6,
+    'swish': jax.nn.silu,
+    'hard_swish': hard_swish,
+    'sigmoid': jax.nn.sigmoid,
     'hard_sigmoid': hard_sigmoid,
+    'identity': identity,
 }
+
+PADDINGS = ('symmetric', 'same')
+CONV_IMPLS = ('auto',) + convolutions.IMPLEMENTATIONS
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
                    round_limit: float = 0.9) -> int:
-  """Rounds a channel count to a multiple of `divisor`, never going more than 10% down (timm rule)."""
+  """Rounds a channel count to a multiple of `divisor`, never going more than 10% down (timm/Keras rule)."""
   min_value = min_value or divisor
   rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
   if rounded < round_limit * value:
@@ -42,50 +61,37 @@ class LayerConfig:
 
   bn_momentum is in Flax's sense (running = momentum * running + (1 - momentum) * batch), i.e. one minus
   PyTorch's. padding: 'symmetric' pads (k - 1) // 2 on each side as PyTorch/timm do; 'same' is TF/Keras
-  "SAME" padding, asymmetric on stride 2.
+  "SAME" padding, asymmetric on stride 2. conv_impl: how depthwise and 1x1 convolutions are computed
+  ('auto': the measured fastest for the backend, see `impl`). frozen_blocks: top-level blocks whose
+  BatchNorm layers always use (and never update) their running statistics, as Keras' frozen layers do.
   """
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   padding: str = 'symmetric'
   dtype: str = 'float32'
+  conv_impl: str = 'auto'
+  frozen_blocks: tuple[str, ...] = ()
 
   @property
   def compute_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.dtype)
 
-
-PADDINGS = ('symmetric', 'same')
-
-
-def conv_padding(kernel: int, stride: int, mode: str):
-  """Returns the padding argument of a convolution for the given padding flavour."""
-  if mode == 'same':
-    return 'SAME'
-  if mode == 'symmetric':
-    pad = ((stride - 1) + (kernel - 1)) // 2
-    return ((pad, pad), (pad, pad))
-  raise ValueError(f'unknown padding {mode!r}; choose one of {PADDINGS}')
+  @property
+  def impl(self) -> str:
+    if self.conv_impl != 'auto':
+      return self.conv_impl
+    # On GPU XLA's grouped convolution is within 0.7-1.1x of cuDNN and the tap sum up to 40x slower
+    # (experiments/RESULTS.md, "Depthwise convolution on an H100"). CPU: issue 11 measures before switching.
+    return 'xla'
 
 
-class BatchNorm(nn.Module):
-  """BatchNorm with the model's momentum/eps; statistics span the whole (global, sharded) batch.
-
-  The variance is computed in two passes, E[(x - E[x])^2], as PyTorch does: Flax's default one-pass
-  E[x^2] - E[x]^2 cancels catastrophically when a channel's mean dwarfs its spread (measured: 8e-3
-  relative gradient error against float64 in GhostNet's last block at 32 px, 4e-6 with two passes, at
-  no measurable cost on CPU; experiments/RESULTS.md).
-  """
-  layer: LayerConfig
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    return nn.BatchNorm(use_running_average=not train, momentum=self.layer.bn_momentum,
-                        epsilon=self.layer.bn_eps, dtype=self.layer.compute_dtype,
-                        param_dtype=jnp.float32, use_fast_variance=False)(x)
+def kernel_init() -> nn.initializers.Initializer:
+  # He (fan-out) normal, as timm and torchvision initialise convolutions.
+  return nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 class Conv(nn.Module):
-  """A k x k convolution (groups=1) with the model's padding flavour and compute dtype."""
+  """A dense k x k convolution; kernel (k, k, C_in, features) and optional bias, as nn.Conv's."""
   features: int
   kernel: int = 1
   stride: int = 1
@@ -94,31 +100,62 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                   padding=conv_padding(self.kernel, self.stride, self.layer.padding),
-                   use_bias=self.use_bias, dtype=self.layer.compute_dtype, param_dtype=jnp.float32,
-                   kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))(x)
+    kernel = self.param('kernel', kernel_init(), (self.kernel, self.kernel, x.shape[-1], self.features),
+                        jnp.float32)
+    dtype = self.layer.compute_dtype
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if self.kernel == 1 and self.stride == 1:
+      y = convolutions.pointwise_conv(x, kernel, self.layer.impl)
+    else:
+      padding = convolutions.explicit_padding(x.shape[1:3], self.kernel, self.stride, self.layer.padding)
+      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), padding,
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
+    return y
 
 
 class DepthwiseConv(nn.Module):
-  """A k x k depthwise convolution (one filter per channel); kernel shape (k, k, 1, C) as nn.Conv's."""
+  """A k x k depthwise convolution (one filter per channel); kernel (k, k, 1, C) as nn.Conv's."""
   kernel: int = 3
   stride: int = 1
   layer: LayerConfig = LayerConfig()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    return nn.Conv(channels, (self.kernel, self.kernel), (self.stride, self.stride),
-                   padding=conv_padding(self.kernel, self.stride, self.layer.padding),
-                   feature_group_count=channels, use_bias=False, dtype=self.layer.compute_dtype,
-                   param_dtype=jnp.float32,
-                   kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))(x)
+    kernel = self.param('kernel', kernel_init(), (self.kernel, self.kernel, 1, x.shape[-1]), jnp.float32)
+    dtype = self.layer.compute_dtype
+    padding = convolutions.explicit_padding(x.shape[1:3], self.kernel, self.stride, self.layer.padding)
+    return convolutions.depthwise_conv(x.astype(dtype), kernel.astype(dtype), self.stride, padding,
+                                       self.layer.impl)
+
+
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm that stays in inference mode inside a frozen top-level block."""
+  training: bool = False
+  frozen_blocks: tuple[str, ...] = ()
+
+  def __call__(self, x: jax.Array) -> jax.Array:  # pylint: disable=arguments-differ
+    frozen = bool(self.scope.path) and self.scope.path[0] in self.frozen_blocks
+    return super().__call__(x, use_running_average=not self.training or frozen)
+
+
+def batch_norm(layer: LayerConfig, train: bool, name: str | None = None) -> BatchNorm:
+  """BatchNorm with the model's momentum/eps; statistics span the whole (global, sharded) batch.
+
+  The variance is computed in two passes, E[(x - E[x])^2], as PyTorch does: Flax's default one-pass
+  E[x^2] - E[x]^2 cancels catastrophically when a channel's mean dwarfs its spread (measured: 8e-3
+  relative gradient error against float64 in GhostNet's last block at 32 px, 4e-6 with two passes, at
+  no measurable cost on CPU; experiments/RESULTS.md).
+  """
+  return BatchNorm(training=train, momentum=layer.bn_momentum, epsilon=layer.bn_eps,
+                   dtype=layer.compute_dtype, param_dtype=jnp.float32, use_fast_variance=False,
+                   frozen_blocks=layer.frozen_blocks, name=name)
 
 
 class ConvBNAct(nn.Module):
-  """Convolution (dense or depthwise) -> BatchNorm -> optional activation."""
-  features: int | None = None  # None: depthwise, keeps the channel count
+  """Convolution (dense, or depthwise when `features` is None) -> BatchNorm -> optional activation."""
+  features: int | None = None
   kernel: int = 1
   stride: int = 1
   act: str | None = 'relu'
@@ -130,7 +167,7 @@ class ConvBNAct(nn.Module):
       x = DepthwiseConv(self.kernel, self.stride, self.layer, name='conv')(x)
     else:
       x = Conv(self.features, self.kernel, self.stride, layer=self.layer, name='conv')(x)
-    x = BatchNorm(self.layer, name='bn')(x, train)
+    x = batch_norm(self.layer, train, name='bn')(x)
     return ACTIVATIONS[self.act](x) if self.act else x
 
 
@@ -147,3 +184,34 @@ class SqueezeExcite(nn.Module):
     s = Conv(self.reduced, use_bias=True, layer=self.layer, name='reduce')(s)
     s = Conv(x.shape[-1], use_bias=True, layer=self.layer, name='expand')(ACTIVATIONS[self.act](s))
     return x * ACTIVATIONS[self.gate](s)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: zeroes a residual branch per example with probability `rate`, scaling the rest."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class Classifier(nn.Module):
+  """Dropout -> dense layer to the class logits (float32), as every model ends."""
+  num_classes: int
+  dropout: float
+  layer: LayerConfig = LayerConfig()
+
+  @nn.compact
+  def __call__(self, features: jax.Array, train: bool) -> jax.Array:
+    x = nn.Dropout(self.dropout, deterministic=not train)(features)
+    return nn.Dense(self.num_classes, dtype=self.layer.compute_dtype, param_dtype=jnp.float32,
+                    name='fc')(x).astype(jnp.float32)
+
+
+def pool_flat(x: jax.Array) -> jax.Array:
+  """Global average pooling to (N, C)."""
+  return jnp.mean(x, axis=(1, 2))

@@ -1,5 +1,6 @@
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from lightcls.models.ghostnet import GhostNet
@@ -44,3 +45,37 @@ def test_returns_logits_and_pre_logit_features():
   logits, features = jax.eval_shape(lambda v: model.apply(v, x, return_features=True), variables)
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
   assert features.shape == (2, 1280)
+
+
+def test_thesis_variant_parameter_counts_equal_seed_000():
+  # Seed 000's GhostNet (bias-free linear + BatchNorm head, SE width c // 4), 196 classes (REFERENCE.md).
+  for head_features, expected in [(320, 3_041_412), (640, 3_411_972), (960, 3_782_532),
+                                  (1280, 4_153_092), (1600, 4_523_652)]:
+    model = GhostNet(num_classes=196, head='thesis', head_features=head_features)
+    assert count_params(model) == expected
+
+
+def test_small_input_keeps_four_times_the_resolution_with_the_same_weights():
+  x = jnp.zeros((1, 32, 32, 3))
+  model, small = GhostNet(num_classes=10, width=0.5), GhostNet(num_classes=10, width=0.5, small_input=True)
+  assert count_params(model, 32) == count_params(small, 32)
+  last_map = lambda m: jax.eval_shape(
+      lambda: m.init_with_output(jax.random.PRNGKey(0), x, capture_intermediates=True))[1]['intermediates']
+  assert last_map(model)['last']['__call__'][0].shape[1:3] == (1, 1)    # total stride 32
+  assert last_map(small)['last']['__call__'][0].shape[1:3] == (4, 4)    # total stride 8
+
+
+@pytest.mark.parametrize('width,timm_name', [(0.5, 'ghostnet_050'), (1.0, 'ghostnet_100'), (1.3, 'ghostnet_130')])
+def test_logits_equal_timm_with_ported_random_weights(width, timm_name):
+  from tests import reference
+  from tests.models import equivalence
+  torch_model = reference.timm().create_model(timm_name, num_classes=10).eval()
+  model = GhostNet(num_classes=10, width=width)
+  images = equivalence.random_images((2, 64, 64, 3))
+  variables = equivalence.calibrated_port_from_timm(model, torch_model, images)
+  logits, features = equivalence.lightcls_outputs(model, variables, images)
+  ref_logits, ref_features = equivalence.timm_outputs(torch_model, images)
+  # O(1) logits that depend on the image: not a comparison of constants or of near-zero numbers.
+  assert np.abs(ref_logits).max() > 1.0 and np.ptp(ref_logits, axis=0).max() > 0.02
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(features, ref_features, atol=1e-4, rtol=0)

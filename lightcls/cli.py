@@ -1,0 +1,67 @@
+"""What every `python -m lightcls.X` command shares: flag parsing with one-line config errors, log filtering,
+the persistent compilation cache."""
+from __future__ import annotations
+
+import importlib.util
+import logging as python_logging
+import os
+import sys
+
+import jax
+from absl import flags
+
+from lightcls import config_utils
+
+FLAGS = flags.FLAGS
+
+
+def _config_file(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _bad_override_message(argv: list[str]) -> str | None:
+  """Names the first --config.X override whose key is not in the config file, with the valid keys."""
+  path = _config_file(argv)
+  if not path:
+    return None
+  try:
+    spec = importlib.util.spec_from_file_location('lightcls_config_file', path.split(':', 1)[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception:  # the config file itself is broken: the original error says how
+    return None
+  for arg in argv:
+    if arg.startswith('--config.'):
+      message = config_utils.explain_bad_override(config, arg)
+      if message:
+        return message
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a one-line error instead of a traceback for a misspelt config key."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'lightcls: {e}')
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    sys.exit(f'lightcls: {_bad_override_message(argv) or e}')
+
+
+class OwnInfoOnly:
+  """Keeps INFO records from lightcls only: Orbax and JAX log every checkpoint and compile at INFO."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > python_logging.INFO or f'{os.sep}lightcls{os.sep}' in record.pathname
+
+
+def use_compilation_cache() -> None:
+  # Compiling a convnet takes tens of seconds on CPU; reuse compiled programs across runs.
+  jax.config.update('jax_compilation_cache_dir',
+                    os.environ.get('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/lightcls/jax')))
