@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from typing import Sequence
 
 import ml_collections
@@ -42,6 +43,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   _choice('schedule.name', config.schedule.name, schedules.SCHEDULES)
   _choice('loss.name', config.loss.name, losses.LOSSES)
   _choice('freeze.trainable', config.freeze.trainable, optim.TRAINABLE)
+  if config.init.checkpoint and not os.path.exists(config.init.checkpoint):
+    raise ConfigError(f'config.init.checkpoint={config.init.checkpoint!r}: no such file or directory.')
   if config.freeze.trainable == 'last_blocks':
     _positive('freeze.last_blocks', config.freeze.last_blocks)
   if config.data.source == 'tfds' and not config.data.name:

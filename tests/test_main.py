@@ -9,8 +9,12 @@ from tests.helpers import REPO
 
 @pytest.mark.parametrize('override,expected', [
     ('--config.optimzer.lr=1', "config has no key 'optimzer'. Did you mean config.optimizer?"),
-    ('--config.model.name=ghostnt', "config.model.name='ghostnt' is not one of ['ghostnet']"),
+    ('--config.model.name=ghostnt', "config.model.name='ghostnt' is not one of ['efficientnet_b0', "),
     ('--config.train.batch_size=abc', 'invalid literal for int()'),
+    ('--config.freeze.trainable=head', "config.freeze.trainable='head' is not one of ['all', 'classifier', "),
+    ('--config.init.checkpoint=/no/such/weights.pth',
+     "config.init.checkpoint='/no/such/weights.pth': no such file or directory"),
+    ('--config.model.drop_path=0.1', "model.drop_path=0.1 is not an option of ghostnet"),
 ])
 def test_a_bad_override_fails_at_once_with_a_message_naming_the_key(tmp_path, override, expected):
   workdir = tmp_path / 'run'

@@ -74,3 +74,8 @@ def test_summary_command_prints_the_table_and_latency():
       capture_output=True, text=True, timeout=600, check=True)
   assert 'block1' in result.stdout and 'total' in result.stdout
   assert 'ms/image at batch 1' in result.stdout and 'images/s at batch 32' in result.stdout
+
+
+def test_every_registered_model_has_a_reference_mac_row():
+  from lightcls import models
+  assert {overrides['name'] for overrides, _, _ in REFERENCE_MACS} == set(models.MODELS)

@@ -1,0 +1,61 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightcls.models import convolutions
+
+# Every kernel size with both strides, both padding flavours and odd and even sizes, in 8 cases.
+CASES = [(3, 1, 'symmetric', 9), (3, 2, 'same', 10), (3, 2, 'symmetric', 10), (5, 1, 'same', 10),
+         (5, 2, 'symmetric', 9), (5, 2, 'same', 9), (7, 1, 'symmetric', 10), (7, 2, 'same', 9)]
+
+
+@pytest.mark.parametrize('kernel,stride,mode,size', CASES)
+def test_tap_sum_equals_xla_depthwise_convolution_with_both_gradients(kernel, stride, mode, size):
+  keys = jax.random.split(jax.random.PRNGKey(kernel * 100 + stride * 10 + size), 3)
+  x = jax.random.normal(keys[0], (2, size, size + 1, 6))
+  w = jax.random.normal(keys[1], (kernel, kernel, 1, 6))
+  padding = convolutions.explicit_padding(x.shape[1:3], kernel, stride, mode)
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def outputs(x, w, g, impl):
+    out, vjp = jax.vjp(lambda x, w: convolutions.depthwise_conv(x, w, stride, padding, impl), x, w)
+    return (out, *vjp(g))
+
+  out_shape = jax.eval_shape(lambda: convolutions.depthwise_xla(x, w, stride, padding)).shape
+  g = jax.random.normal(keys[2], out_shape)
+  for fast, reference in zip(outputs(x, w, g, 'fast'), outputs(x, w, g, 'xla')):
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * float(jnp.abs(reference).max()))
+
+
+def test_same_padding_equals_xla_same():
+  x = jnp.ones((1, 9, 10, 2))
+  w = jnp.ones((3, 3, 1, 2))
+  for stride in (1, 2):
+    ours = convolutions.depthwise_xla(x, w, stride, convolutions.explicit_padding((9, 10), 3, stride, 'same'))
+    theirs = jax.lax.conv_general_dilated(x, w, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                          feature_group_count=2)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_pointwise_dot_equals_the_1x1_convolution():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
+  w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 4, 3))
+  np.testing.assert_allclose(convolutions.pointwise_conv(x, w, 'fast'), convolutions.pointwise_conv(x, w, 'xla'),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_float32_logits_close():
+  from lightcls.models.ghostnet import GhostNet
+  from lightcls.models.layers import LayerConfig
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  f32 = GhostNet(num_classes=10, width=0.5)
+  bf16 = GhostNet(num_classes=10, width=0.5, layer=LayerConfig(dtype='bfloat16'))
+  variables = jax.jit(f32.init)(jax.random.PRNGKey(0), images)
+  assert {leaf.dtype for leaf in jax.tree.leaves(jax.eval_shape(bf16.init, jax.random.PRNGKey(0), images))} == {
+      jnp.dtype(jnp.float32)}
+  reference, logits = jax.jit(f32.apply)(variables, images), jax.jit(bf16.apply)(variables, images)
+  assert logits.dtype == jnp.float32
+  assert float(jnp.linalg.norm(logits - reference) / jnp.linalg.norm(reference)) < 3e-2
