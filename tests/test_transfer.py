@@ -119,3 +119,12 @@ def test_keras_weights_file_loads_through_the_named_keras_application(tmp_path):
                                 fresh['params']['classifier']['fc']['kernel'])
   with pytest.raises(ValueError, match='config.init.reference must name the keras.applications model'):
     convert.load_initial_variables(path, None, model, fresh, SHAPE)
+
+
+def test_a_keras_input_normalization_layer_is_left_to_the_data_pipeline():
+  keras = reference.keras()
+  inputs = keras.Input((8, 8, 3))
+  normalization = keras.layers.Normalization(mean=[0.5, 0.4, 0.3], variance=[0.04, 0.09, 0.16])
+  outputs = keras.layers.Conv2D(4, 3, name='conv')(normalization(inputs))
+  layers = convert.keras_layers(keras.Model(inputs, outputs))
+  assert [name for name, _ in layers] == ['conv']

@@ -88,9 +88,19 @@ def _torch_layout(array: np.ndarray) -> np.ndarray:
 
 
 def keras_layers(model: Any) -> list[Layer]:
-  """The weight-holding layers of a Keras 3 model, in build order."""
+  """The weight-holding layers of a Keras 3 model, in build order.
+
+  An input Normalization layer (Keras' EfficientNet has one) is preprocessing, which lightcls does in the
+  data pipeline: it is left out, and its mean and standard deviation are logged for config.data.
+  """
   layers = []
   for layer in _flat_keras_layers(model):
+    if type(layer).__name__ == 'Normalization':
+      mean, variance = (np.asarray(v).reshape(-1) for v in (layer.mean, layer.variance))
+      logging.warning('The Keras model normalises its input in a layer lightcls leaves out: for the same '
+                      'inputs set config.data.mean=%s and config.data.std=%s (in the units of its input).',
+                      tuple(np.round(mean, 4)), tuple(np.round(np.sqrt(variance), 4)))
+      continue
     arrays = {}
     for weight in layer.weights:
       name = weight.path.rpartition('/')[2]
