@@ -151,6 +151,8 @@ def model_and_frozen_blocks(config: ml_collections.ConfigDict, num_classes: int,
                             image_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[str, ...]]:
   """The configured model, with the top-level blocks that `config.freeze` keeps fixed marked frozen."""
   model = models.create_model(config.model, num_classes)
+  if config.freeze.trainable == 'all':
+    return model, ()
   blocks = list(dict.fromkeys(p[0] for p in convert.layer_order(model, (1, *image_shape))))
   try:
     frozen = optim.frozen_blocks(blocks, config.freeze)

@@ -26,7 +26,7 @@ instead of 32) with the same weights, so ImageNet weights still load.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -124,6 +124,17 @@ class InvertedResidual(nn.Module):
     return y
 
 
+def inverted_residuals(x: jax.Array, blocks: tuple[Block, ...], channels: Callable[[float], int],
+                       small_input: bool, layer: LayerConfig, train: bool) -> jax.Array:
+  """The blocks of V2 / V3 as `block{i}` submodules of the calling model (call from its __call__)."""
+  first = first_strided(blocks)
+  for index, block in enumerate(blocks):
+    x = InvertedResidual(channels(block.out), block.kernel, block.expansion, block.stride, block.act,
+                         block.se, strided=not (small_input and index == first), layer=layer,
+                         name=f'block{index}')(x, train)
+  return x
+
+
 class MobileNetV1(nn.Module):
   """MobileNetV1 with width multiplier alpha = `width` (Keras MobileNet(alpha), timm mobilenetv1_*).
 
@@ -172,11 +183,7 @@ class MobileNetV2(nn.Module):
     channels = lambda c: make_divisible(c * self.width, 8)
     stem_stride = 1 if self.small_input else 2
     x = ConvBNAct(channels(32), 3, stem_stride, act='relu6', layer=self.layer, name='stem')(x, train)
-    first = first_strided(V2_BLOCKS)
-    for index, block in enumerate(V2_BLOCKS):
-      x = InvertedResidual(channels(block.out), block.kernel, block.expansion, block.stride, block.act,
-                           block.se, strided=not (self.small_input and index == first), layer=self.layer,
-                           name=f'block{index}')(x, train)
+    x = inverted_residuals(x, V2_BLOCKS, channels, self.small_input, self.layer, train)
     head = self.head_features if self.head_features is not None else max(1280, channels(1280))
     x = ConvBNAct(head, 1, act='relu6', layer=self.layer, name='last')(x, train)
     features = pool_flat(x)
@@ -210,11 +217,7 @@ class MobileNetV3(nn.Module):
     stem_stride = 1 if self.small_input else 2
     stem = 16 if self.width < 0.75 else channels(16)  # timm's fix_stem below 0.75 (Keras: always 16)
     x = ConvBNAct(stem, 3, stem_stride, act='hard_swish', layer=self.layer, name='stem')(x, train)
-    first = first_strided(blocks)
-    for index, block in enumerate(blocks):
-      x = InvertedResidual(channels(block.out), block.kernel, block.expansion, block.stride, block.act,
-                           block.se, strided=not (self.small_input and index == first), layer=self.layer,
-                           name=f'block{index}')(x, train)
+    x = inverted_residuals(x, blocks, channels, self.small_input, self.layer, train)
     x = ConvBNAct(channels(last), 1, act='hard_swish', layer=self.layer, name='last')(x, train)
     x = pool_flat(x)
     head = self.head_features if self.head_features is not None else head
