@@ -45,15 +45,13 @@ def restore(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, 
   return restored['state'], restored['meta']
 
 
-
 def restore_variables(workdir: str) -> dict[str, Any]:
   """`params` and `batch_stats` of another run's best checkpoint (its latest if none is ranked)."""
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{workdir} holds no lightcls checkpoints (no {directory}/)')
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=('state', 'meta'),
-                                  options=ocp.CheckpointManagerOptions(read_only=True, best_fn=lambda m: m[BEST_METRIC],
-                                                                       best_mode='max'))
+  options = ocp.CheckpointManagerOptions(read_only=True, best_fn=lambda m: m[BEST_METRIC], best_mode='max')
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=('state', 'meta'), options=options)
   step = manager.best_step() or manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'{directory} holds no complete checkpoint')

@@ -106,7 +106,7 @@ def block_rows(model: nn.Module, image_shape: tuple[int, ...]) -> list[Row]:
   (_, variables) = jax.eval_shape(
       lambda: model.init_with_output(jax.random.PRNGKey(0), x, capture_intermediates=top_level))
   outputs = variables['intermediates']
-  names = list(dict.fromkeys(path[0] for path in convert.layer_order(model, (1, *image_shape))))
+  names = convert.top_level_blocks(model, (1, *image_shape))
   macs = macs_by_block(model, {k: v for k, v in variables.items() if k != 'intermediates'}, image_shape,
                        names)
   if macs.get(None):

@@ -153,7 +153,7 @@ def model_and_frozen_blocks(config: ml_collections.ConfigDict, num_classes: int,
   model = models.create_model(config.model, num_classes)
   if config.freeze.trainable == 'all':
     return model, ()
-  blocks = list(dict.fromkeys(p[0] for p in convert.layer_order(model, (1, *image_shape))))
+  blocks = convert.top_level_blocks(model, (1, *image_shape))
   try:
     frozen = optim.frozen_blocks(blocks, config.freeze)
   except ValueError as error:

@@ -24,8 +24,7 @@ import numpy as np
 Variables = Mapping[str, Any]
 Path = tuple[str, ...]
 
-# The tensors of one layer, in a fixed order of roles: weight, bias, running mean, running variance.
-ROLES = ('weight', 'bias', 'mean', 'var')
+# The role of each tensor of a layer (weight, bias, running mean, running variance) by framework name.
 TORCH_ROLES = {'weight': 'weight', 'bias': 'bias', 'running_mean': 'mean', 'running_var': 'var'}
 KERAS_ROLES = {'kernel': 'weight', 'depthwise_kernel': 'weight', 'gamma': 'weight', 'beta': 'bias',
                'bias': 'bias', 'moving_mean': 'mean', 'moving_variance': 'var'}
@@ -55,6 +54,11 @@ def layer_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[Path]:
 
   jax.eval_shape(init, jax.random.PRNGKey(0))
   return order
+
+
+def top_level_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+  """Names of the model's top-level blocks in forward order (what freezing and the summary count)."""
+  return list(dict.fromkeys(path[0] for path in layer_order(model, input_shape)))
 
 
 def _leaf_layers(tree: Mapping[str, Any], prefix: Path = ()) -> Iterable[Path]:

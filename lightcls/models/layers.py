@@ -27,10 +27,6 @@ def hard_swish(x: jax.Array) -> jax.Array:
   return x * hard_sigmoid(x)
 
 
-def identity(x: jax.Array) -> jax.Array:
-  return x
-
-
 ACTIVATIONS: dict[str, Activation] = {
     'relu': jax.nn.relu,
     'relu6': jax.nn.relu6,
@@ -38,7 +34,6 @@ ACTIVATIONS: dict[str, Activation] = {
     'hard_swish': hard_swish,
     'sigmoid': jax.nn.sigmoid,
     'hard_sigmoid': hard_sigmoid,
-    'identity': identity,
 }
 
 PADDINGS = ('symmetric', 'same')
