@@ -32,21 +32,3 @@ def test_from_arrays_adds_the_channel_axis_of_grayscale_images():
 def test_from_arrays_names_what_is_wrong(images, labels, message):
   with pytest.raises(ValueError, match=message):
     sources.from_arrays(images, np.array(labels), images, np.array(labels), class_names=['a', 'b'])
-
-
-def test_tfds_source_decodes_resizes_and_names_classes():
-  tfds = pytest.importorskip('tensorflow_datasets')
-  config = default.get_config().data
-  config.update(source='tfds', name='mnist', image_size=32)
-  with tfds.testing.mock_data(num_examples=12):
-    data = sources.load(config)
-  assert data.train.images.shape == (12, 32, 32, 1) and data.train.images.dtype == np.uint8
-  assert data.class_names == tuple(str(i) for i in range(10))
-
-
-def test_unknown_tfds_dataset_is_a_config_error():
-  pytest.importorskip('tensorflow_datasets')
-  config = default.get_config().data
-  config.update(source='tfds', name='cifar1O')
-  with pytest.raises(ConfigError, match="cifar1O"):
-    sources.load(config)
