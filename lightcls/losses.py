@@ -7,13 +7,14 @@ import jax
 import ml_collections
 import optax
 
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits, integer labels or (N, C) targets) -> (N,)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Softmax cross-entropy against one-hot labels smoothed as PyTorch's CrossEntropyLoss(label_smoothing)."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype('float32'), targets)
+  """Softmax cross-entropy as PyTorch's CrossEntropyLoss(label_smoothing), against integer labels (N,) or
+  class probabilities (N, C) such as MixUp/CutMix targets (smoothed the same way: (1 - eps) t + eps / C)."""
+  targets = labels if labels.ndim == logits.ndim else jax.nn.one_hot(labels, logits.shape[-1])
+  return optax.softmax_cross_entropy(logits.astype('float32'), optax.smooth_labels(targets, label_smoothing))
 
 
 LOSSES = ('cross_entropy',)

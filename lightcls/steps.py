@@ -7,15 +7,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lightcls.data.augment import augment
+from lightcls.data.augment import mixed_targets, training_batch
 from lightcls.losses import LossFn
 from lightcls.metrics import EvalMetrics, TrainMetrics
 from lightcls.state import TrainState
 
 
 def normalized(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """uint8 pixels -> float32 standardised per channel (mean/std given in [0, 1] units)."""
-  x = images.astype(jnp.float32) / 255.0
+  """uint8 pixels, or float pixels in [0, 1] (augmented), -> float32 standardised per channel (mean/std given
+  in [0, 1] units)."""
+  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
@@ -26,15 +27,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: fl
 
   Top-level blocks named in `frozen` keep their parameters (their gradients are never computed: XLA
   drops the unused backward pass) and, through the model's LayerConfig, their BatchNorm statistics.
+  With MixUp/CutMix the loss sees soft targets; train top-1 is still against each image's own label.
   """
   augment_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  images = normalized(augment(augment_rng, batch['image'], augment_config), mean, std)
+  pixels, own_weight = training_batch(augment_rng, batch['image'], augment_config, mean, std)
+  images = normalized(pixels, mean, std)
   labels = batch['label']
 
   def loss_and_outputs(params):
     logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, images,
                                      train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    return loss_fn(logits, labels).mean(), (logits, updates['batch_stats'])
+    targets = mixed_targets(labels, own_weight, logits.shape[-1])
+    return loss_fn(logits, targets).mean(), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_outputs, has_aux=True)(state.params)
   grads = {name: jax.tree.map(jnp.zeros_like, g) if name in frozen else g for name, g in grads.items()}
