@@ -14,19 +14,56 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = data = ml_collections.ConfigDict()
-  data.source = 'digits'              # digits | tfds | arrays (arrays: passed to train_and_evaluate)
-  data.name = ''                      # tfds dataset name, e.g. 'cifar10'
-  data.data_dir = placeholder(str)    # tfds data_dir (None: tfds default, ~/tensorflow_datasets)
+  data.source = 'digits'              # digits | tfds | idx | folder | cars | arrays (given to train_and_evaluate)
+  data.name = ''                      # tfds dataset name, e.g. 'cifar10' (see lightcls/data/tfds_source.py)
+  data.data_dir = placeholder(str)    # where the files are: tfds data_dir (None: ~/tensorflow_datasets); idx
+                                      # directory (None: /usr/share/datasets/fashion-mnist); folder root
+                                      # (root/<split>/<class>/*.jpg); cars: the original Stanford Cars files
   data.manual_dir = placeholder(str)  # tfds manual_dir for datasets whose files you download yourself
-  data.train_split = 'train'
-  data.eval_split = 'test'
-  data.image_size = 32                # images are resized once to image_size x image_size on the host
-  data.mean = (0.485, 0.456, 0.406)   # per channel, in [0, 1] units (one value for grayscale)
-  data.std = (0.229, 0.224, 0.225)
+  data.train_split = placeholder(str)  # None: the dataset's own (tfds: its table; folders: 'train')
+  data.eval_split = placeholder(str)   # None: the dataset's own test split (tfds: its table; folders: 'test')
+  data.val_fraction = 0.0             # > 0: evaluate on this stratified random part of train instead
+  data.val_seed = 0                   # ... drawn with this seed
+  data.image_size = 32                # images are decoded and resized once to image_size x image_size
+  data.train_resize = 'stretch'       # stretch | center_crop (keep the aspect ratio, crop the middle)
+  data.eval_resize = 'stretch'
+  data.grayscale = False              # convert to one channel (ITU-R 601 luma) before caching
+  data.crop_to_boxes = False          # training images cut to their bounding box (datasets with boxes)
+  data.erase_background = False       # with crop_to_boxes: box kept in place on a white image instead
+  data.cache_dir = placeholder(str)   # keep decoded splits here as .npy for later runs (None: memory only)
+  data.mean = (0.485, 0.456, 0.406)   # per channel, in [0, 1] units (one value for grayscale);
+  data.std = (0.229, 0.224, 0.225)    # python -m lightcls.data.stats computes them for a dataset
 
-  config.augment = augment = ml_collections.ConfigDict()  # on the device, in the train step
-  augment.crop_padding = 0            # RandomCrop(size, padding=crop_padding): random shifts up to that
-  augment.hflip = 0.0                 # RandomHorizontalFlip(p=hflip)
+  def number_or_tuple(value):         # torchvision takes a number v (meaning +-v) or a (min, max) tuple here
+    return ml_collections.FieldReference(value, field_type=object)
+
+  # Random, on the device, in the train step; each op as torchvision's transform of the same parameters
+  # (lightcls/data/augment.py). Geometric fills are 0-255 pixel values (a number or one per channel).
+  config.augment = augment = ml_collections.ConfigDict()
+  augment.order = ()                  # per-image ops, applied in this order: any of crop hflip affine rotation
+                                      # perspective resized_crop color_jitter erasing augmix, e.g. ('hflip', 'affine')
+  augment.crop = ml_collections.ConfigDict(dict(padding=4))  # RandomCrop(size, padding), zero fill
+  augment.hflip = ml_collections.ConfigDict(dict(p=0.5))     # RandomHorizontalFlip(p)
+  augment.affine = ml_collections.ConfigDict(dict(  # RandomAffine
+      degrees=number_or_tuple(0.0), translate=(0.0, 0.0), scale=(1.0, 1.0),
+      shear=number_or_tuple(0.0),     # x only, or (xmin, xmax, ymin, ymax)
+      interpolation='nearest', fill=number_or_tuple(0.0)))  # nearest | bilinear
+  augment.rotation = ml_collections.ConfigDict(dict(  # RandomRotation
+      degrees=number_or_tuple(0.0), interpolation='nearest', fill=number_or_tuple(0.0)))
+  augment.perspective = ml_collections.ConfigDict(dict(  # RandomPerspective
+      distortion_scale=0.5, p=0.5, interpolation='bilinear', fill=number_or_tuple(0.0)))
+  augment.resized_crop = ml_collections.ConfigDict(dict(  # RandomResizedCrop(image_size), bilinear
+      scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)))
+  augment.color_jitter = ml_collections.ConfigDict(dict(  # ColorJitter, the four in a random order per image
+      brightness=number_or_tuple(0.0), contrast=number_or_tuple(0.0), saturation=number_or_tuple(0.0),
+      hue=number_or_tuple(0.0)))
+  augment.erasing = ml_collections.ConfigDict(dict(  # RandomErasing, as placed after Normalize: value in
+      p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3),    # normalised units (0: the mean colour), a number,
+      value=number_or_tuple(0.0)))                    # one per channel, or 'random'
+  augment.augmix = ml_collections.ConfigDict(dict(  # AugMix(severity, mixture_width, chain_depth, alpha,
+      severity=3, width=3, depth=-1, alpha=1.0, all_ops=True))  # all_ops); OTE's augmix-m5-w3: 5, 3
+  augment.mixup = ml_collections.ConfigDict(dict(alpha=0.0))   # MixUp(alpha), batch level; 0: off
+  augment.cutmix = ml_collections.ConfigDict(dict(alpha=0.0))  # CutMix(alpha); with both, one per batch
 
   config.model = model = ml_collections.ConfigDict()
   model.name = 'ghostnet'

@@ -11,7 +11,8 @@ def get_config():
   config.data.image_size = 32
   config.data.mean = (0.3054,)        # of the upscaled training images
   config.data.std = (0.3236,)
-  config.augment.crop_padding = 4     # shifts of up to 4 px (one pixel of the original 8x8 digit)
+  config.augment.order = ('crop',)
+  config.augment.crop.padding = 4     # shifts of up to 4 px (one pixel of the original 8x8 digit)
   config.train.batch_size = 64
   config.train.total_epochs = 12.0
   config.optimizer.lr = 2e-3

@@ -31,7 +31,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def bench_lightcls(name: str, size: int, batch: int, dtype: str, steps_timed: int, small_input: bool):
   config = default.get_config()
   config.model.update(name=name, dtype=dtype, small_input=small_input)
-  config.augment.update(crop_padding=size // 8, hflip=0.5)
+  config.augment.order = ('crop', 'hflip')
+  config.augment.crop.padding = size // 8
   config.loss.label_smoothing = 0.1
   model = models.create_model(config.model, 1000)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])

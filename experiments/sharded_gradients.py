@@ -43,10 +43,11 @@ def offset_bn_biases(params, scale: float):
 
 def step_and_reference_gradients(batch_size: int, crop_padding: int, bias_offset: float):
   config = quickstart.get_config()
-  config.augment.crop_padding = crop_padding
+  config.augment.crop.padding = crop_padding
+  config.augment.order = ('crop',) if crop_padding else ()
   config.model.dropout = 0.0
   config.optimizer.update(name='sgd', lr=1.0, momentum=0.0, weight_decay=0.0)
-  data = pipeline.prepared(sources.load(config.data), config.data.image_size)
+  data, _ = pipeline.prepared(sources.load(config.data), config.data)
   mesh = train.data_mesh()
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   model = models.create_model(config.model, data.num_classes)
@@ -65,8 +66,9 @@ def step_and_reference_gradients(batch_size: int, crop_padding: int, bias_offset
 
   # The same augmented images (the augmentation itself is identical on any device count).
   augment_rng, _ = jax.random.split(jax.random.fold_in(rng, 0))
-  images = steps.normalized(augment.augment(augment_rng, np.asarray(batch['image']), config.augment),
-                            config.data.mean, config.data.std)
+  pixels, _ = augment.training_batch(augment_rng, np.asarray(batch['image']), config.augment,
+                                     config.data.mean, config.data.std)
+  images = steps.normalized(pixels, config.data.mean, config.data.std)
   model64 = model.clone(layer=dataclasses.replace(model.layer, dtype='float64'))
   to64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
 

@@ -32,7 +32,7 @@ def _positive(key: str, value: float | None, allow_none: bool = False) -> None:
 def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   """Raises ConfigError for a config that cannot run; cheap (no data, no compilation)."""
   from lightcls import losses, models, optim, schedules
-  from lightcls.data import sources
+  from lightcls.data import augment, sources
   _choice('model.name', config.model.name, list(models.MODELS))
   _choice('model.padding', config.model.padding, models.PADDINGS)
   _choice('model.dtype', config.model.dtype, DTYPES)
@@ -49,6 +49,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     _positive('freeze.last_blocks', config.freeze.last_blocks)
   if config.data.source == 'tfds' and not config.data.name:
     raise ConfigError("config.data.name must name the tfds dataset when data.source='tfds' (e.g. 'cifar10').")
+  _validate_data(config.data)
   if len(config.data.mean) != len(config.data.std):
     raise ConfigError(f'config.data.mean {config.data.mean} and config.data.std {config.data.std} '
                       'must have the same length (one value per channel, or one for all).')
@@ -59,6 +60,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   for key in ('dropout', 'drop_path'):
     if config.model[key] is not None and not 0.0 <= config.model[key] < 1.0:
       raise ConfigError(f'config.model.{key} must be in [0, 1); got {config.model[key]}.')
+  try:  # unknown op names and values torchvision would reject, before anything is traced
+    augment.check(config.augment)
+  except ValueError as error:
+    raise ConfigError(f'config.{error}') from None
   try:  # model-specific options (a head or drop path the architecture lacks); builds no weights
     models.create_model(config.model, num_classes=2)
   except ValueError as error:
@@ -74,6 +79,18 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     if size % device_count:
       raise ConfigError(f'config.train.{key}={size} must be a multiple of the {device_count} devices '
                         f'(e.g. {math.ceil(size / device_count) * device_count}).')
+
+
+def _validate_data(data: ml_collections.ConfigDict) -> None:
+  from lightcls.data import pipeline
+  _choice('data.train_resize', data.train_resize, pipeline.RESIZE_MODES)
+  _choice('data.eval_resize', data.eval_resize, pipeline.RESIZE_MODES)
+  if not 0.0 <= data.val_fraction < 1.0:
+    raise ConfigError(f'config.data.val_fraction must be in [0, 1) (0: the official eval split); '
+                      f'got {data.val_fraction}.')
+  if data.erase_background and not data.crop_to_boxes:
+    raise ConfigError('config.data.erase_background=True needs config.data.crop_to_boxes=True (it erases '
+                      'what lies outside the bounding box).')
 
 
 def resolve_steps(section: ml_collections.ConfigDict, name: str, steps_per_epoch: int):

@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lightcls import checkpoint, config_utils, losses, models, optim, schedules, state as state_lib, steps, writers
-from lightcls.data import pipeline, sources
+from lightcls.data import dataset as dataset_lib, pipeline, sources
 from lightcls.metrics import EvalMetrics, TrainMetrics
 from lightcls.models import convert
 
@@ -31,7 +31,7 @@ def data_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def check_data(config: ml_collections.ConfigDict, dataset: sources.Dataset) -> None:
+def check_data(config: ml_collections.ConfigDict, dataset: dataset_lib.Dataset) -> None:
   """Config values that only the data can contradict; still before anything is compiled."""
   channels = dataset.train.images.shape[-1]
   if len(config.data.mean) not in (1, channels):
@@ -50,7 +50,7 @@ def global_batches(batches: Iterator[pipeline.Batch], sharding: NamedSharding) -
     yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def evaluate(eval_step, state: state_lib.TrainState, split: sources.Split, batch_size: int,
+def evaluate(eval_step, state: state_lib.TrainState, split: dataset_lib.Split, batch_size: int,
              sharding: NamedSharding) -> dict[str, float]:
   """Loss, top-1 and top-5 over the whole split, every example counted exactly once."""
   total: EvalMetrics | None = None
@@ -127,9 +127,9 @@ def _save_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> 
     f.write(text)
 
 
-def _write_summary(workdir: str, summary: dict[str, Any]) -> None:
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+def _write_json(workdir: str, name: str, data: dict[str, Any]) -> None:
+  with open(os.path.join(workdir, name), 'w') as f:
+    json.dump(data, f, indent=2)
 
 
 def _summary(config: ml_collections.ConfigDict, meta: dict[str, Any], num_params: int, step: int) -> dict:
@@ -179,7 +179,7 @@ def with_initial_weights(state: state_lib.TrainState, config: ml_collections.Con
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       dataset: sources.Dataset | None = None) -> dict[str, Any]:
+                       dataset: dataset_lib.Dataset | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the final summary.
 
   `dataset` replaces the configured source (use `lightcls.data.sources.from_arrays` for numpy arrays).
@@ -188,9 +188,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if dataset is None and config.data.source == 'arrays':
     raise config_utils.ConfigError("config.data.source='arrays' takes its data from the caller: pass "
                                    'dataset=lightcls.data.sources.from_arrays(...) to train_and_evaluate.')
-  dataset = pipeline.prepared(dataset or sources.load(config.data), config.data.image_size)
+  dataset, data_report = pipeline.prepared(dataset or sources.load(config.data), config.data)
   check_data(config, dataset)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    _write_json(workdir, 'data_report.json', data_report)
 
   mesh = data_mesh()
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
@@ -240,7 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for epoch in range(meta['epoch'], num_epochs if step < total_steps else 0):
       batches = pipeline.train_batches(dataset.train, batch_size, config.seed, epoch, jax.process_index(),
                                        jax.process_count())
-      for batch in itertools.islice(global_batches(batches, batch_sharding), total_steps - step):
+      batches = itertools.islice(global_batches(batches, batch_sharding), total_steps - step)
+      for batch in pipeline.prefetched(batches):
         state, metrics = train_step(state, batch, schedule(step))
         step += 1
         log.add(step, epoch, metrics, epoch_end=step % steps_per_epoch == 0 or step == total_steps)
@@ -262,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   summary = _summary(config, meta, num_params, step)
   if jax.process_index() == 0:
-    _write_summary(workdir, summary)
+    _write_json(workdir, 'summary.json', summary)
   logging.info('Done: best eval top-1 %.2f%% at epoch %d; %s parameters; %s of training.',
                100 * summary['best_top1'], summary['best_epoch'], f'{num_params:,}',
                _duration(summary['train_seconds']))

@@ -6,12 +6,15 @@ tensor summaries, so TensorBoard (and tests) read them the same way.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from typing import Any, Mapping
 
 import jax
+import numpy as np
+from PIL import Image
 
 
 class JsonlWriter:
@@ -80,11 +83,30 @@ class EventWriter:
     from tensorboard.plugins.hparams.summary_v2 import hparams_pb
     self._add(0, hparams_pb(dict(hparams)))
 
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """uint8 (N, H, W, C) batches as TensorBoard image summaries (the v2 layout: width, height, PNGs)."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.image import metadata
+    from tensorboard.util import tensor_util
+    for tag, batch in images.items():
+      batch = np.asarray(batch)
+      content = [str(batch.shape[2]).encode(), str(batch.shape[1]).encode(), *map(png_bytes, batch)]
+      value = summary_pb2.Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(tag, ''),
+                                        tensor=tensor_util.make_tensor_proto(content))
+      self._add(step, summary_pb2.Summary(value=[value]))
+
   def flush(self) -> None:
     self._writer.flush()
 
   def close(self) -> None:
     self._writer.close()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+  """An (H, W, C) uint8 image as PNG file bytes."""
+  out = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, format='PNG')
+  return out.getvalue()
 
 
 def tensorboard_writer(logdir: str):
@@ -97,7 +119,8 @@ def tensorboard_writer(logdir: str):
 
 
 class MultiWriter:
-  """Sends every write to each writer (clu's MultiWriter needs TF at import, so this is ours)."""
+  """Sends every write to each writer that takes it (images go to TensorBoard only). clu's MultiWriter
+  needs TF at import, so this is ours."""
 
   def __init__(self, writers: list):
     self.writers = writers
@@ -105,7 +128,8 @@ class MultiWriter:
   def __getattr__(self, name: str):
     def each(*args, **kwargs):
       for writer in self.writers:
-        getattr(writer, name)(*args, **kwargs)
+        if hasattr(writer, name):
+          getattr(writer, name)(*args, **kwargs)
     return each
 
 

@@ -1,5 +1,9 @@
+import importlib
+import pathlib
+
 import pytest
 
+import configs
 from configs import default, quickstart
 from lightcls import config_utils
 from lightcls.config_utils import ConfigError
@@ -11,6 +15,9 @@ from lightcls.config_utils import ConfigError
     ('data.source', 'imagenet', "'digits'"),
     ('schedule.name', 'cosine', "'multistep'"),
     ('model.padding', 'valid', "'symmetric'"),
+    ('data.train_resize', 'crop', "'center_crop'"),
+    ('data.val_fraction', 1.0, r'\[0, 1\)'),
+    ('data.erase_background', True, 'crop_to_boxes=True'),
     ('loss.label_smoothing', 1.0, r'\[0, 1\)'),
     ('train.batch_size', 0, 'positive'),
     ('optimizer.lr', -1.0, 'positive'),
@@ -53,3 +60,9 @@ def test_explain_bad_override_names_the_missing_key_and_the_closest_one():
   assert config_utils.explain_bad_override(default.get_config(), '--config.optimizer.lr=1') is None
   nested = config_utils.explain_bad_override(default.get_config(), '--config.optimizer.lr.x=1')
   assert 'config.optimizer.lr is a value' in nested
+
+
+@pytest.mark.parametrize('name', sorted(p.stem for p in pathlib.Path(configs.__file__).parent.glob('*.py')
+                                        if p.stem != '__init__'))
+def test_every_shipped_config_passes_validation(name):
+  config_utils.validate(importlib.import_module(f'configs.{name}').get_config())

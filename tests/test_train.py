@@ -31,6 +31,8 @@ def test_one_epoch_on_a_tfds_dataset_trains_evaluates_and_checkpoints(mock_tfds_
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['2']
   assert json.load(open(os.path.join(workdir, 'config.json')))['data']['name'] == 'mnist'
   assert json.load(open(os.path.join(workdir, 'summary.json')))['best_top1'] == summary['best_top1']
+  report = json.load(open(os.path.join(workdir, 'data_report.json')))
+  assert report['train']['decoded'] == sum(report['train']['per_class']) == 40 and not report['train']['skipped']
 
 
 def test_tensorboard_events_hold_the_train_and_eval_scalars_of_metrics_jsonl(mock_tfds_run):
@@ -47,7 +49,7 @@ def test_tensorboard_events_hold_the_train_and_eval_scalars_of_metrics_jsonl(moc
 
 def test_eval_counts_every_example_once_when_the_split_is_not_a_multiple_of_the_batch():
   config = small_config()
-  data = pipeline.prepared(sources.load(config.data), 32)
+  data, _ = pipeline.prepared(sources.load(config.data), config.data)
   split = sources.Split(data.eval.images[:37], data.eval.labels[:37])  # 16 + 16 + 5 (padded to 16)
   mesh = train.data_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

@@ -1,6 +1,13 @@
+import io
 import json
 import subprocess
 import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 from lightcls import writers
 from tests.helpers import tensorboard_scalars
@@ -38,3 +45,22 @@ def test_jsonl_writer_on_resume_drops_the_lines_after_the_checkpoint(tmp_path):
   resumed.close()
   rows = [json.loads(line) for line in open(path)]
   assert [(r['step'], r['train/loss']) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def tensorboard_images(logdir):
+  """{tag: [decoded uint8 images]} of the image summaries in a TensorBoard log directory."""
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return {tag: [np.asarray(Image.open(io.BytesIO(png))) for e in acc.Tensors(tag)
+                for png in tensor_util.make_ndarray(e.tensor_proto)[2:]]
+          for tag in acc.Tags()['tensors'] if tag.startswith('images/')}
+
+
+@pytest.mark.parametrize('make', [writers.EventWriter, writers.tensorboard_writer])
+def test_images_written_for_tensorboard_decode_back_to_the_same_pixels(tmp_path, make):
+  batch = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+  writer = make(str(tmp_path))
+  writer.write_images(3, {'images/augmented': batch})
+  writer.close()
+  decoded = tensorboard_images(str(tmp_path))['images/augmented']
+  np.testing.assert_array_equal(np.stack(decoded), batch)
