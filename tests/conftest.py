@@ -6,6 +6,9 @@ import pathlib
 CACHE_DIR = os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                                   str(pathlib.Path.home() / '.cache' / 'lightcls' / 'jax-tests'))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The Keras references run on JAX; whichever test imports Keras first (TensorFlow may, through tfds),
+# it must get that backend.
+os.environ.setdefault('KERAS_BACKEND', 'jax')
 
 import jax  # noqa: E402  (after the environment above)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lightcls import checkpoint, losses, models, optim, state as state_lib, steps, train
-from lightcls.data import pipeline, sources
+from lightcls.data import dataset, pipeline, sources
 from tests.helpers import read_jsonl, small_config, tensorboard_scalars
 
 
@@ -50,7 +50,7 @@ def test_tensorboard_events_hold_the_train_and_eval_scalars_of_metrics_jsonl(moc
 def test_eval_counts_every_example_once_when_the_split_is_not_a_multiple_of_the_batch():
   config = small_config()
   data, _ = pipeline.prepared(sources.load(config.data), config.data)
-  split = sources.Split(data.eval.images[:37], data.eval.labels[:37])  # 16 + 16 + 5 (padded to 16)
+  split = dataset.Split(data.eval.images[:37], data.eval.labels[:37])  # 16 + 16 + 5 (padded to 16)
   mesh = train.data_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))

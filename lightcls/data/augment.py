@@ -299,11 +299,13 @@ JITTERS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
 def color_jitter(image: jax.Array, order: jax.Array, factors: jax.Array) -> jax.Array:
-  """Brightness, contrast, saturation and hue adjustments (factors[i] for JITTERS[i]) in the given order."""
-  for position in range(len(JITTERS)):
-    op = order[position]
-    image = jax.lax.switch(op, JITTERS, image, factors[op])
-  return image
+  """Brightness, contrast, saturation and hue adjustments (factors[i] for JITTERS[i]) in the given order.
+
+  A scan over the four positions, not an unrolled loop: unrolled, XLA:CPU fused the positions into each
+  other and recomputed earlier ones inside later ones (550 ms instead of 140 ms for 32 images at 224 px)."""
+  def adjusted(image, op):
+    return jax.lax.switch(op, JITTERS, image, factors[op]), None
+  return jax.lax.scan(adjusted, image, order)[0]
 
 
 def color_jitter_params(key: jax.Array, brightness: Range = 0.0, contrast: Range = 0.0, saturation: Range = 0.0,

@@ -21,13 +21,6 @@ from lightcls import cli, config_utils, writers
 from lightcls.data import augment, pipeline, sources
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
-flags.DEFINE_string('out', 'augment_preview.png', 'Where to write the PNG grid.')
-flags.DEFINE_string('workdir', None, 'Also write the grid to this run directory\'s TensorBoard.')
-flags.DEFINE_integer('rows', 6, 'Training images shown (one per row).')
-flags.DEFINE_integer('draws', 5, 'Augmented versions of each image.')
-flags.DEFINE_integer('seed', 0, 'Picks the images and the augmentation randomness.')
-flags.mark_flags_as_required(['config'])
 
 
 def augmented_draws(images: np.ndarray, config, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +65,18 @@ def preview(config, rows: int, draws: int, seed: int) -> np.ndarray:
   return grid(train.images, versions, captions)
 
 
+def define_flags() -> None:
+  """The command's flags, defined only when it runs as a command (tests import this module beside others
+  that define --config too)."""
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
+  flags.DEFINE_string('out', 'augment_preview.png', 'Where to write the PNG grid.')
+  flags.DEFINE_string('workdir', None, 'Also write the grid to this run directory\'s TensorBoard.')
+  flags.DEFINE_integer('rows', 6, 'Training images shown (one per row).')
+  flags.DEFINE_integer('draws', 5, 'Augmented versions of each image.')
+  flags.DEFINE_integer('seed', 0, 'Picks the images and the augmentation randomness.')
+  flags.mark_flags_as_required(['config'])
+
+
 def main(argv: list[str]) -> None:
   del argv
   logging.get_absl_handler().addFilter(cli.OwnInfoOnly())
@@ -91,4 +96,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

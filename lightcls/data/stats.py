@@ -17,8 +17,6 @@ from lightcls import cli, config_utils
 from lightcls.data import pipeline, sources
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
-flags.mark_flags_as_required(['config'])
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -34,6 +32,13 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
   mean = total / count
   std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
   return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs as a command (tests import this module beside others
+  that define --config too)."""
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
+  flags.mark_flags_as_required(['config'])
 
 
 def main(argv: list[str]) -> None:
@@ -54,4 +59,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -76,8 +76,10 @@ class LayerConfig:
     if self.conv_impl != 'auto':
       return self.conv_impl
     # On GPU XLA's grouped convolution is within 0.7-1.1x of cuDNN and the tap sum up to 40x slower
-    # (experiments/RESULTS.md, "Depthwise convolution on an H100"). CPU: issue 11 measures before switching.
-    return 'xla'
+    # (experiments/RESULTS.md, "Depthwise convolution on an H100"). On CPU XLA's grouped convolution and its
+    # filter gradient are tens of times slower than the tap sum (experiments/bench_cpu.py); TPUs are not
+    # measured yet and keep XLA's.
+    return 'fast' if jax.default_backend() == 'cpu' else 'xla'
 
 
 def kernel_init() -> nn.initializers.Initializer:
