@@ -14,8 +14,8 @@ def get_config():
   config.augment.order = ('crop',)
   config.augment.crop.padding = 4     # shifts of up to 4 px (one pixel of the original 8x8 digit)
   config.train.batch_size = 64
-  config.train.total_epochs = 12.0
+  config.train.total_epochs = 20.0
   config.optimizer.lr = 2e-3
-  config.schedule.milestones_epochs = (8, 11)
+  config.schedule.milestones_epochs = (14, 18)
   config.loss.label_smoothing = 0.1
   return config
