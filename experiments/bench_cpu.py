@@ -7,36 +7,24 @@ jit function; PyTorch gets the same thread count (--threads, default all cores),
   python experiments/bench_cpu.py                                  # the issue-11 table: 6 models, 2 settings
   python experiments/bench_cpu.py --models=mobilenet_v3_large --settings=224x32 --conv_impl=xla
 
-Settings are SIZExBATCH: 224x32 (ImageNet-sized) and 32x128 (the small-input variants, for CIFAR-sized
-images). Ratios are PyTorch time / lightcls time: above 1 means lightcls is faster.
+Settings are SIZExBATCH: 224x32 (ImageNet-sized) and 32x128 (CIFAR-sized), the same architecture on both
+sides (--small_input times lightcls' stride-8 variants instead, which timm lacks). Ratios are PyTorch time /
+lightcls time: above 1 means lightcls is faster.
 """
 import argparse
-import functools
 import os
-import statistics
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench_train  # noqa: E402  (the timm model names and the shared train-step setup)
-from configs import default  # noqa: E402
-from lightcls import losses, models, optim, state as state_lib, steps  # noqa: E402
+from lightcls import steps  # noqa: E402
+from tests import reference  # noqa: E402
 
 MODELS = 'ghostnet,efficientnet_b0,mobilenet_v3_large,mobilenet_v3_small,mobilenet_v2,mobilenet_v1'
-
-
-def median_seconds(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def compiled(jitted, *args):
@@ -46,40 +34,30 @@ def compiled(jitted, *args):
   return executable, time.perf_counter() - start
 
 
-def lightcls_times(name: str, size: int, batch: int, repeats: int, conv_impl: str) -> dict[str, float]:
-  config = default.get_config()
-  config.model.update(name=name, small_input=size <= 64, conv_impl=conv_impl)
-  config.augment.order = ('crop', 'hflip')
-  config.augment.crop.padding = size // 8
-  config.loss.label_smoothing = 0.1
-  model = models.create_model(config.model, 1000)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), (size, size, 3), 0,
-                                       device)
-  rng = np.random.default_rng(0)
-  batch_data = {'image': jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), np.uint8)),
-                'label': jnp.asarray(rng.integers(0, 1000, (batch,), np.int32))}
+def lightcls_times(name: str, size: int, batch: int, repeats: int, conv_impl: str,
+                   small_input: bool) -> dict[str, float]:
+  model, state, (batch_data,), train_step = bench_train.train_setup(
+      name, size, batch, small_input=small_input, conv_impl=conv_impl, num_batches=1)
   mean, std = bench_train.MEAN, bench_train.STD
-  train_step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.create_loss(config.loss), mean=mean,
-                                         std=std, augment_config=config.augment), donate_argnums=0)
   step, train_compile = compiled(train_step, state, batch_data, 1e-3)
   holder = [state]
 
   def one_step():
     holder[0], metrics = step(holder[0], batch_data, 1e-3)
     jax.block_until_ready(metrics)
-  train_s = median_seconds(one_step, repeats)
+  train_s = bench_train.median_seconds(one_step, repeats)
 
   variables = {'params': holder[0].params, 'batch_stats': holder[0].batch_stats}
   forward, forward_compile = compiled(jax.jit(lambda v, x: model.apply(v, steps.normalized(x, mean, std),
                                                                        train=False)), variables, batch_data['image'])
-  forward_s = median_seconds(lambda: jax.block_until_ready(forward(variables, batch_data['image'])), repeats)
+  forward_s = bench_train.median_seconds(
+      lambda: jax.block_until_ready(forward(variables, batch_data['image'])), repeats)
   return dict(train=train_s, forward=forward_s, train_compile=train_compile, forward_compile=forward_compile)
 
 
 def torch_times(name: str, size: int, batch: int, repeats: int) -> dict[str, float]:
-  import timm
   import torch
+  timm = reference.timm()  # timm without torchvision, which has no CPU build
   torch.manual_seed(0)
   model = timm.create_model(bench_train.TIMM_NAMES[name], num_classes=1000).to(memory_format=torch.channels_last)
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
@@ -104,7 +82,8 @@ def torch_times(name: str, size: int, batch: int, repeats: int) -> dict[str, flo
     model.eval()
     with torch.inference_mode():
       model(((images.float() - mean) / std).contiguous(memory_format=torch.channels_last))
-  return dict(train=median_seconds(train_step, repeats), forward=median_seconds(forward, repeats))
+  return dict(train=bench_train.median_seconds(train_step, repeats),
+              forward=bench_train.median_seconds(forward, repeats))
 
 
 def main():
@@ -114,8 +93,11 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   parser.add_argument('--conv_impl', default='auto', help="lightcls model.conv_impl: auto | fast | xla")
+  parser.add_argument('--small_input', action='store_true',
+                      help='lightcls small-input variants (stride 8; timm has no such variant, so not a pair)')
   args = parser.parse_args()
   import torch
+  reference.timm()
   torch.set_num_threads(args.threads)
   print(f'jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), '
         f'{os.cpu_count()} cores; conv_impl={args.conv_impl}; malloc: '
@@ -124,7 +106,7 @@ def main():
   for setting in args.settings.split(','):
     size, batch = map(int, setting.split('x'))
     for name in args.models.split(','):
-      ours = lightcls_times(name, size, batch, args.repeats, args.conv_impl)
+      ours = lightcls_times(name, size, batch, args.repeats, args.conv_impl, args.small_input)
       theirs = torch_times(name, size, batch, args.repeats)
       rows.append((name, setting, ours, theirs))
       print(f'{name} {setting}: lightcls {ours}; torch {theirs}', flush=True)

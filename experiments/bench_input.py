@@ -11,7 +11,7 @@ than the first (decoding) epoch; augmentation at most 10% of the train step on a
 import argparse
 import functools
 import os
-import statistics
+import sys
 import tempfile
 import time
 
@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from configs import default
-from lightcls import losses, models, optim, state as state_lib, steps
-from lightcls.data import augment, pipeline
-from lightcls.data.dataset import Record, Records
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_train  # noqa: E402  (median_seconds)
+from configs import default  # noqa: E402
+from lightcls import losses, models, optim, state as state_lib, steps  # noqa: E402
+from lightcls.data import augment, pipeline  # noqa: E402
+from lightcls.data.dataset import Record, Records  # noqa: E402
 
 SEED_000_AUGMENT = {'order': ('hflip', 'affine', 'color_jitter'),
                     'affine': dict(degrees=25.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=8.0),
@@ -47,17 +49,6 @@ def car_sized_jpegs(directory: str, count: int) -> list[str]:
   return paths
 
 
-def timed(fn, repeats: int) -> float:
-  """Median seconds of `fn()` over `repeats` calls after one warm-up call."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def decode_and_cached_epochs(paths: list[str], size: int, batch: int) -> tuple[float, float]:
   """images/s of the first epoch (decode + resize into the cache) and of a cached epoch (shuffle, gather)."""
   records = Records.of([Record(p, i % 10, p) for i, p in enumerate(paths)])
@@ -65,7 +56,8 @@ def decode_and_cached_epochs(paths: list[str], size: int, batch: int) -> tuple[f
   split, _ = pipeline.decoded(records, pipeline.Preprocess(size), num_classes=10, what='bench')
   first = len(paths) / (time.perf_counter() - start)
   epochs = iter(range(10**6))
-  seconds = timed(lambda: sum(b['image'].shape[0] for b in pipeline.train_batches(split, batch, 0, next(epochs))), 5)
+  seconds = bench_train.median_seconds(
+      lambda: sum(b['image'].shape[0] for b in pipeline.train_batches(split, batch, 0, next(epochs))), 5)
   return first, (len(paths) // batch * batch) / seconds
 
 
@@ -79,7 +71,8 @@ def augmentation_and_step(size: int, batch: int, repeats: int, conv_impl: str) -
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   augment_fn = jax.jit(lambda key, x: augment.training_batch(key, x, config.augment, mean, std))
   keys = iter(jax.random.split(jax.random.PRNGKey(0), 1000))
-  result = {'augment': timed(lambda: jax.block_until_ready(augment_fn(next(keys), images)), repeats)}
+  result = {'augment': bench_train.median_seconds(
+      lambda: jax.block_until_ready(augment_fn(next(keys), images)), repeats)}
 
   model = models.create_model(config.model, 10)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -99,7 +92,7 @@ def augmentation_and_step(size: int, batch: int, repeats: int, conv_impl: str) -
     def one_step():
       holder[0], metrics = step(holder[0], {'image': images, 'label': labels}, 1e-3)
       jax.block_until_ready(metrics)
-    result[name] = timed(one_step, repeats)
+    result[name] = bench_train.median_seconds(one_step, repeats)
   return result
 
 

@@ -16,7 +16,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from configs import default
@@ -28,9 +27,23 @@ TIMM_NAMES = {'ghostnet': 'ghostnet_100', 'efficientnet_b0': 'efficientnet_b0',
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def bench_lightcls(name: str, size: int, batch: int, dtype: str, steps_timed: int, small_input: bool):
+def median_seconds(fn, repeats: int) -> float:
+  """Median wall time of `fn()` over `repeats` calls after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def train_setup(name: str, size: int, batch: int, dtype: str = 'float32', small_input: bool = False,
+                conv_impl: str = 'auto', num_batches: int = 4):
+  """A lightcls model's real train step (crop + flip on the device, label-smoothed cross-entropy, AdamW),
+  jit-compiled with the state donated; the model, its initial state and random uint8 batches on the device."""
   config = default.get_config()
-  config.model.update(name=name, dtype=dtype, small_input=small_input)
+  config.model.update(name=name, dtype=dtype, small_input=small_input, conv_impl=conv_impl)
   config.augment.order = ('crop', 'hflip')
   config.augment.crop.padding = size // 8
   config.loss.label_smoothing = 0.1
@@ -40,9 +53,14 @@ def bench_lightcls(name: str, size: int, batch: int, dtype: str, steps_timed: in
                                        sharding)
   rng = np.random.default_rng(0)
   batches = [{'image': jax.device_put(rng.integers(0, 256, (batch, size, size, 3), np.uint8)),
-              'label': jax.device_put(rng.integers(0, 1000, (batch,), np.int32))} for _ in range(4)]
+              'label': jax.device_put(rng.integers(0, 1000, (batch,), np.int32))} for _ in range(num_batches)]
   step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.create_loss(config.loss), mean=MEAN,
                                    std=STD, augment_config=config.augment), donate_argnums=0)
+  return model, state, batches, step
+
+
+def bench_lightcls(name: str, size: int, batch: int, dtype: str, steps_timed: int, small_input: bool):
+  _, state, batches, step = train_setup(name, size, batch, dtype, small_input)
   start = time.perf_counter()
   compiled = step.lower(state, batches[0], 1e-3).compile()
   compile_s = time.perf_counter() - start

@@ -10,7 +10,6 @@ import os
 import sys
 import types
 
-import numpy as np
 
 
 class _Placeholder(type):

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from lightcls.config_utils import ConfigError
 from lightcls.data import decode, progress
 from lightcls.data.dataset import Box, Dataset, Records, Split
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from configs import default
-from lightcls.config_utils import ConfigError
 from lightcls.data import sources
 
 
