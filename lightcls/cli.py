@@ -9,10 +9,18 @@ import sys
 
 import jax
 from absl import flags
+from ml_collections import config_flags
 
 from lightcls import config_utils
 
 FLAGS = flags.FLAGS
+
+
+def define_config_flag(required: bool = True) -> None:
+  """--config=configs/X.py (locked: a misspelt override is an error, not a new key) of every command."""
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
+  if required:
+    flags.mark_flags_as_required(['config'])
 
 
 def _config_file(argv: list[str]) -> str | None:

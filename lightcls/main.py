@@ -4,14 +4,13 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from lightcls import cli, config_utils, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
+cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and metrics.jsonl.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv: list[str]) -> None:

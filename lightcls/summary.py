@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
-from ml_collections import config_flags
 
 from lightcls import cli, config_utils, models
 from lightcls.models import convert
@@ -188,7 +187,7 @@ def zoo_table() -> str:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
+cli.define_config_flag(required=False)
 flags.DEFINE_boolean('zoo', False, 'Print the model zoo table (every model, Markdown) instead.')
 flags.DEFINE_integer('image_size', None, 'Input size (default: config.data.image_size).')
 flags.DEFINE_integer('channels', None, 'Input channels (default: one per config.data.mean value).')

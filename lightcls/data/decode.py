@@ -65,7 +65,7 @@ def decode_image(image: str | bytes | np.ndarray, name: str, grayscale: bool = F
   are returned at full size. Raises UnreadableImage (naming `name`) for files that cannot be decoded.
   """
   if isinstance(image, np.ndarray):
-    return _with_channels(_array_pixels(image, name), grayscale)
+    return with_channels(_array_pixels(image, name), grayscale)
   source = _opened_source(image, name)
   try:
     with Image.open(source) as im:
@@ -82,7 +82,7 @@ def decode_image(image: str | bytes | np.ndarray, name: str, grayscale: bool = F
     raise UnreadableImage(name, f'too large ({error})') from None
   except _DECODE_ERRORS as error:
     raise UnreadableImage(name, f'truncated or corrupt ({type(error).__name__}: {error})') from None
-  return _with_channels(pixels, grayscale)
+  return with_channels(pixels, grayscale)
 
 
 def _opened_source(image: str | bytes, name: str) -> str | io.BytesIO:
@@ -175,7 +175,7 @@ def _array_pixels(array: np.ndarray, name: str) -> np.ndarray:
   return array[..., :3]
 
 
-def _with_channels(pixels: np.ndarray, grayscale: bool) -> np.ndarray:
+def with_channels(pixels: np.ndarray, grayscale: bool) -> np.ndarray:
   """(H, W, 1) luma when `grayscale` (ITU-R 601, as PIL and torchvision), else (H, W, 3) RGB."""
   if grayscale and pixels.shape[-1] == 3:
     return np.asarray(Image.fromarray(pixels).convert('L'))[..., None]

@@ -85,8 +85,8 @@ def preprocessed(image: np.ndarray, box: Box | None, options: Preprocess) -> np.
   """One decoded image as it is cached: box crop (if asked), resize, grayscale."""
   if options.crop_to_boxes:
     image = boxed(image, box, options.erase_background)
-  if options.grayscale and image.shape[-1] == 3:
-    image = np.asarray(Image.fromarray(image).convert('L'))[..., None]  # ITU-R 601 luma, as torchvision
+  if options.grayscale:
+    image = decode.with_channels(image, grayscale=True)
   return resized(image, options.size, options.resize)
 
 

@@ -14,7 +14,6 @@ import sys
 import jax
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
 from lightcls import cli, config_utils, writers
@@ -68,13 +67,12 @@ def preview(config, rows: int, draws: int, seed: int) -> np.ndarray:
 def define_flags() -> None:
   """The command's flags, defined only when it runs as a command (tests import this module beside others
   that define --config too)."""
-  config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_string('out', 'augment_preview.png', 'Where to write the PNG grid.')
   flags.DEFINE_string('workdir', None, 'Also write the grid to this run directory\'s TensorBoard.')
   flags.DEFINE_integer('rows', 6, 'Training images shown (one per row).')
   flags.DEFINE_integer('draws', 5, 'Augmented versions of each image.')
   flags.DEFINE_integer('seed', 0, 'Picks the images and the augmentation randomness.')
-  flags.mark_flags_as_required(['config'])
 
 
 def main(argv: list[str]) -> None:

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from lightcls import cli, config_utils
 from lightcls.data import pipeline, sources
@@ -37,8 +36,7 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
 def define_flags() -> None:
   """The command's flags, defined only when it runs as a command (tests import this module beside others
   that define --config too)."""
-  config_flags.DEFINE_config_file('config', None, 'Path to a config file (see configs/).', lock_config=True)
-  flags.mark_flags_as_required(['config'])
+  cli.define_config_flag()
 
 
 def main(argv: list[str]) -> None:
