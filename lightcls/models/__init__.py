@@ -12,7 +12,7 @@ import flax.linen as nn
 import ml_collections
 
 from lightcls.models import efficientnet, ghostnet, mobilenet
-from lightcls.models.layers import CONV_IMPLS, PADDINGS, LayerConfig
+from lightcls.models.layers import CLASSIFIERS, CONV_IMPLS, PADDINGS, LayerConfig
 
 
 def layer_config(config: ml_collections.ConfigDict) -> LayerConfig:
@@ -38,7 +38,8 @@ def _ghostnet(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   head = 'timm' if config.head == 'default' else config.head
   return ghostnet.GhostNet(num_classes=num_classes, width=config.width, dropout=optional(config.dropout, 0.2),
                            head_features=optional(config.head_features, 1280), head=head,
-                           small_input=config.small_input, layer=layer_config(config))
+                           small_input=config.small_input, layer=layer_config(config),
+                           classifier=config.classifier)
 
 
 def _mobilenet(version: str, size: str | None = None) -> Callable[[ml_collections.ConfigDict, int], nn.Module]:
@@ -47,7 +48,7 @@ def _mobilenet(version: str, size: str | None = None) -> Callable[[ml_collection
     # V1 has no head layer to resize.
     unsupported(config, drop_path=None, head='default', **({'head_features': None} if version == 'v1' else {}))
     common = dict(num_classes=num_classes, width=config.width, dropout=config.dropout,
-                  small_input=config.small_input, layer=layer_config(config))
+                  small_input=config.small_input, layer=layer_config(config), classifier=config.classifier)
     if version == 'v1':
       return mobilenet.MobileNetV1(**common)
     if version == 'v2':
@@ -64,7 +65,7 @@ def _efficientnet(variant: str) -> Callable[[ml_collections.ConfigDict, int], nn
         num_classes=num_classes, variant=variant, width=config.width,
         dropout=optional(config.dropout, efficientnet.VARIANTS[variant].dropout),
         drop_path=optional(config.drop_path, 0.2), head_features=config.head_features,
-        small_input=config.small_input, layer=layer_config(config))
+        small_input=config.small_input, layer=layer_config(config), classifier=config.classifier)
   return build
 
 
@@ -91,7 +92,11 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
   """Builds the model named by `config.name` (a `config.model` section) for `num_classes` classes."""
   if config.name not in MODELS:
     raise ValueError(f'unknown model {config.name!r}; choose one of {sorted(MODELS)}')
+  if config.classifier not in CLASSIFIERS:
+    raise ValueError(f'model.classifier={config.classifier!r} is not one of {CLASSIFIERS} (cosine: normalised '
+                     'features and weights, for loss.name=am_softmax)')
   return MODELS[config.name](config, num_classes)
 
 
-__all__ = ['CONV_IMPLS', 'HEADS', 'MODELS', 'PADDINGS', 'create_model', 'layer_config', 'optional', 'unsupported']
+__all__ = ['CLASSIFIERS', 'CONV_IMPLS', 'HEADS', 'MODELS', 'PADDINGS', 'create_model', 'layer_config', 'optional',
+           'unsupported']

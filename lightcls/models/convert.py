@@ -11,6 +11,7 @@ kernels are (kh, kw, C, 1). lightcls uses nn.Conv's (kh, kw, in/groups, out) and
 from __future__ import annotations
 
 import collections
+import inspect
 import os
 from typing import Any, Iterable, Mapping
 
@@ -133,13 +134,14 @@ def port(variables: Variables, order: list[Path], reference: list[Layer], source
   """New variables with every layer of `order` taken from the same-position layer of `reference`.
 
   The classifier (the last layer) keeps its fresh initialisation when the reference's has another class
-  count or the reference has none (a headless "notop" file). Raises PortError listing every layer that
-  does not pair: missing, unexpected or mis-shaped tensors.
+  count or tensors it lacks (a bias, for a cosine classifier), or the reference has none (a headless
+  "notop" file). Raises PortError listing every layer that does not pair: missing, unexpected or
+  mis-shaped tensors.
   """
   ours = [(path, _roles(variables, path)) for path in order]
   if _classifier_differs(ours[-1][1], variables, ours[-1][0], reference, len(ours)):
-    logging.info('Classifier %s keeps its initialisation: the %s weights have another class count or none.',
-                 '/'.join(ours[-1][0]), source)
+    logging.info('Classifier %s keeps its initialisation: the %s weights have another class count, another '
+                 'kind of classifier or none.', '/'.join(ours[-1][0]), source)
     ours, reference = ours[:-1], reference[:len(ours) - 1]
   problems = []
   if len(ours) != len(reference):
@@ -186,8 +188,9 @@ def _classifier_differs(targets, variables, path, reference: list[Layer], count:
     return False
   weight = reference[-1][1].get('weight')
   target = _get(variables, ('params',) + path + (targets['weight'][1],))
-  return weight is not None and weight.shape[-1] != target.shape[-1] and weight.size // weight.shape[-1] == (
-      target.size // target.shape[-1])
+  same_inputs = weight is not None and weight.size // weight.shape[-1] == target.size // target.shape[-1]
+  # Other tensors: a linear classifier's bias beside a cosine classifier, whose logits mean something else.
+  return same_inputs and (weight.shape[-1] != target.shape[-1] or set(reference[-1][1]) != set(targets))
 
 
 def _roles(variables: Variables, path: Path) -> dict[str, tuple[str, str]]:
@@ -233,11 +236,15 @@ def port_from_keras(model: nn.Module, variables: Variables, keras_model: Any,
 def port_by_path(variables: Variables, source: Variables, source_name: str) -> dict[str, Any]:
   """`variables` with every tensor of the same path taken from `source` (another lightcls run).
 
-  The classifier keeps its initialisation when its shape differs (another class count).
+  The classifier keeps its initialisation when its shape differs (another class count) or it is of
+  another kind (linear or cosine: the tensors differ).
   """
   ours = dict(_flat(_unfreeze(variables)))
   theirs = dict(_flat(_unfreeze(source)))
   classifier = [path for path in ours if path[1] == 'classifier']
+  if set(classifier) != {path for path in theirs if path[1] == 'classifier'}:
+    theirs = {path: array for path, array in theirs.items() if path[1] != 'classifier'}
+    theirs.update((path, ours[path]) for path in classifier)
   problems = [f'missing in {source_name}: {"/".join(p)}' for p in ours if p not in theirs]
   problems += [f'unexpected in {source_name}: {"/".join(p)}' for p in theirs if p not in ours]
   new = {}
@@ -289,7 +296,8 @@ def load_initial_variables(path: str, reference: str | None, model: nn.Module, v
   if path.endswith('.safetensors'):
     return port_from_torch(model, variables, _ordered_safetensors(path, reference), input_shape)
   if path.endswith(KERAS_SUFFIXES):
-    return port_from_keras(model, variables, _keras_model(path, reference), input_shape)
+    return port_from_keras(model, variables, _keras_model(path, reference, getattr(model, 'width', 1.0)),
+                           input_shape)
   raise ValueError(f'config.init.checkpoint={path!r}: unknown kind of file; give a lightcls workdir, '
                    f'a PyTorch state dict ({", ".join(TORCH_SUFFIXES)}, .safetensors) or a Keras file '
                    f'({", ".join(KERAS_SUFFIXES)})')
@@ -325,8 +333,9 @@ def _ordered_safetensors(path: str, reference: str | None) -> Mapping[str, Any]:
   return collections.OrderedDict((k, tensors[k]) for k in order if k in tensors)
 
 
-def _keras_model(path: str, reference: str | None) -> Any:
-  """The keras.applications model `reference` with the weights of `path` (with or without its top)."""
+def _keras_model(path: str, reference: str | None, width: float = 1.0) -> Any:
+  """The keras.applications model `reference` (at width multiplier `width`, its `alpha`, where it has one)
+  with the weights of `path` (with or without its top)."""
   if not reference:
     raise ValueError('config.init.reference must name the keras.applications model of a Keras weights '
                      "file, e.g. config.init.reference='MobileNetV3Large'")
@@ -335,10 +344,11 @@ def _keras_model(path: str, reference: str | None) -> Any:
   constructor = getattr(keras.applications, reference, None)
   if constructor is None:
     raise ValueError(f'config.init.reference={reference!r} is not in keras.applications')
+  options = {'alpha': width} if 'alpha' in inspect.signature(constructor).parameters else {}
   errors = []
   for include_top in (True, False):
     try:
-      model = constructor(weights=None, include_top=include_top)
+      model = constructor(weights=None, include_top=include_top, **options)
       model.load_weights(path)
       return model
     except ValueError as error:  # a top/no-top file loaded into the other kind of model

@@ -118,6 +118,7 @@ class EfficientNet(nn.Module):
   head_features: int | None = None
   small_input: bool = False
   layer: LayerConfig = LayerConfig()
+  classifier: str = 'linear'  # linear | cosine (layers.Classifier)
 
   @property
   def scaling(self) -> Scaling:
@@ -147,5 +148,6 @@ class EfficientNet(nn.Module):
     x = ConvBNAct(head_features, 1, act='swish', layer=self.layer, name='head')(x, train)
     features = pool_flat(x)
     dropout = scaling.dropout if self.dropout is None else self.dropout
-    logits = Classifier(self.num_classes, dropout, self.layer, name='classifier')(features, train)
+    logits = Classifier(self.num_classes, dropout, self.layer, self.classifier,
+                        name='classifier')(features, train)
     return (logits, features) if return_features else logits

@@ -107,6 +107,7 @@ class GhostNet(nn.Module):
   head: str = 'timm'
   small_input: bool = False
   layer: LayerConfig = LayerConfig()
+  classifier: str = 'linear'  # linear | cosine (layers.Classifier)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -122,7 +123,8 @@ class GhostNet(nn.Module):
         index += 1
     x = ConvBNAct(make_divisible(LAST_EXPANSION * self.width, 4), 1, layer=self.layer, name='last')(x, train)
     features = self.head_layers(pool_flat(x), train)
-    logits = Classifier(self.num_classes, self.dropout, self.layer, name='classifier')(features, train)
+    logits = Classifier(self.num_classes, self.dropout, self.layer, self.classifier,
+                        name='classifier')(features, train)
     return (logits, features) if return_features else logits
 
   def head_layers(self, x: jax.Array, train: bool) -> jax.Array:

@@ -196,17 +196,49 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along `axis`, as torch's F.normalize; finite gradient at x = 0 (a norm's is not)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+
+
+class CosineDense(nn.Module):
+  """Cosines between the features and each class's weight column: both L2-normalised, no bias.
+
+  The kernel has nn.Dense's shape, name and initialisation. It runs in float32 whatever the compute dtype:
+  it is a small matmul, and bfloat16's 8-bit mantissa would blur cosines that a margin of 0.35 and a scale
+  of ~7 turn into large logit differences.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.float32)
+    return l2_normalize(x.astype(jnp.float32)) @ l2_normalize(kernel, axis=0)
+
+
+CLASSIFIERS = ('linear', 'cosine')
+
+
 class Classifier(nn.Module):
-  """Dropout -> dense layer to the class logits (float32), as every model ends."""
+  """Dropout -> the class scores (float32), as every model ends.
+
+  kind 'linear': a dense layer with bias, the logits. 'cosine': cosines in [-1, 1] between the L2-normalised
+  features and weight columns (AM-Softmax's head; losses.logit_scale turns them into logits).
+  """
   num_classes: int
   dropout: float
   layer: LayerConfig = LayerConfig()
+  kind: str = 'linear'
 
   @nn.compact
   def __call__(self, features: jax.Array, train: bool) -> jax.Array:
     x = nn.Dropout(self.dropout, deterministic=not train)(features)
-    return nn.Dense(self.num_classes, dtype=self.layer.compute_dtype, param_dtype=jnp.float32,
-                    name='fc')(x).astype(jnp.float32)
+    if self.kind == 'cosine':
+      return CosineDense(self.num_classes, name='fc')(x)
+    if self.kind == 'linear':
+      return nn.Dense(self.num_classes, dtype=self.layer.compute_dtype, param_dtype=jnp.float32,
+                      name='fc')(x).astype(jnp.float32)
+    raise ValueError(f'unknown classifier {self.kind!r}; choose one of {CLASSIFIERS}')
 
 
 def pool_flat(x: jax.Array) -> jax.Array:

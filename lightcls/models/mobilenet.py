@@ -147,6 +147,7 @@ class MobileNetV1(nn.Module):
   act: str = 'relu6'
   small_input: bool = False
   layer: LayerConfig = LayerConfig()
+  classifier: str = 'linear'  # linear | cosine (layers.Classifier)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -160,7 +161,8 @@ class MobileNetV1(nn.Module):
                            layer=self.layer, name=f'block{index}')(x, train)
     features = pool_flat(x)
     dropout = 1e-3 if self.dropout is None else self.dropout
-    logits = Classifier(self.num_classes, dropout, self.layer, name='classifier')(features, train)
+    logits = Classifier(self.num_classes, dropout, self.layer, self.classifier,
+                        name='classifier')(features, train)
     return (logits, features) if return_features else logits
 
 
@@ -177,6 +179,7 @@ class MobileNetV2(nn.Module):
   head_features: int | None = None
   small_input: bool = False
   layer: LayerConfig = LayerConfig()
+  classifier: str = 'linear'  # linear | cosine (layers.Classifier)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -188,7 +191,8 @@ class MobileNetV2(nn.Module):
     x = ConvBNAct(head, 1, act='relu6', layer=self.layer, name='last')(x, train)
     features = pool_flat(x)
     dropout = 0.2 if self.dropout is None else self.dropout
-    logits = Classifier(self.num_classes, dropout, self.layer, name='classifier')(features, train)
+    logits = Classifier(self.num_classes, dropout, self.layer, self.classifier,
+                        name='classifier')(features, train)
     return (logits, features) if return_features else logits
 
 
@@ -207,6 +211,7 @@ class MobileNetV3(nn.Module):
   head_features: int | None = None
   small_input: bool = False
   layer: LayerConfig = LayerConfig()
+  classifier: str = 'linear'  # linear | cosine (layers.Classifier)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
@@ -224,5 +229,6 @@ class MobileNetV3(nn.Module):
     x = Conv(head, use_bias=True, layer=self.layer, name='head')(x[:, None, None])
     features = ACTIVATIONS['hard_swish'](x).reshape(x.shape[0], -1)
     dropout = 0.2 if self.dropout is None else self.dropout
-    logits = Classifier(self.num_classes, dropout, self.layer, name='classifier')(features, train)
+    logits = Classifier(self.num_classes, dropout, self.layer, self.classifier,
+                        name='classifier')(features, train)
     return (logits, features) if return_features else logits
