@@ -1,36 +1,111 @@
-"""Optimizer factory. The learning rate is an injected hyperparameter so the host can set it every step."""
+"""Optimizer factory, each optimizer equal to its torch.optim namesake, plus what the seed recipes add:
+parameter groups without weight decay (no bias decay), a learning-rate factor for biases, gradient clipping,
+SAM's ascent step and an exponential moving average of the weights.
+
+The learning rate is an injected hyperparameter so the host sets it every step without recompiling.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-
-def _adamw(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.inject_hyperparams(optax.adamw)(
-      learning_rate=config.lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
+TRAINABLE = ('all', 'classifier', 'last_blocks')
 
 
-def _sgd(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  # Coupled L2 weight decay added to the gradient before momentum, as torch.optim.SGD does.
-  def sgd(learning_rate, weight_decay):
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(learning_rate, momentum=config.momentum or None, nesterov=config.nesterov))
-  return optax.inject_hyperparams(sgd)(learning_rate=config.lr, weight_decay=config.weight_decay)
+def _leaf_names(params: Any) -> Any:
+  """The params tree with each leaf replaced by (its name, the names of its siblings)."""
+  def names(node):
+    return {k: names(v) if isinstance(v, dict) else (k, frozenset(node)) for k, v in node.items()}
+  return names(dict(params))
 
 
-OPTIMIZERS = {'adamw': _adamw, 'sgd': _sgd}
+def decay_mask(params: Any, no_bias_decay: bool) -> Any:
+  """True for the leaves weight decay applies to: all of them, or with `no_bias_decay` only the kernels of
+  convolutions and dense layers (biases and BatchNorm scale/bias excluded)."""
+  return jax.tree.map(lambda leaf: not no_bias_decay or leaf[0] == 'kernel', _leaf_names(params),
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def layer_bias_mask(params: Any) -> Any:
+  """True for the biases of convolutions and dense layers (a `bias` beside a `kernel`; BatchNorm's `bias`
+  sits beside a `scale` and is not one)."""
+  return jax.tree.map(lambda leaf: leaf[0] == 'bias' and 'kernel' in leaf[1], _leaf_names(params),
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _direction(config: ml_collections.ConfigDict, weight_decay: float, mask) -> list[optax.GradientTransformation]:
+  """The transformations before the learning rate, in torch.optim's order: coupled L2 decay is added to
+  the gradient first (sgd, adam, rmsprop); AdamW's decoupled decay is added to the Adam direction."""
+  coupled = [optax.add_decayed_weights(weight_decay, mask)]
+  if config.name == 'sgd':
+    # torch SGD: buf = m * buf + g, then p -= lr * buf (nesterov: g + m * buf); trace is the same recursion.
+    momentum = [optax.trace(config.momentum, config.nesterov)] if config.momentum else []
+    return coupled + momentum
+  if config.name == 'adam':
+    return coupled + [optax.scale_by_adam(config.b1, config.b2, config.eps)]
+  if config.name == 'adamw':
+    return [optax.scale_by_adam(config.b1, config.b2, config.eps), optax.add_decayed_weights(weight_decay, mask)]
+  if config.name == 'rmsprop':
+    # torch RMSprop adds eps outside the square root and applies momentum to g / (sqrt(v) + eps).
+    scale = optax.scale_by_stddev if config.centered else optax.scale_by_rms
+    momentum = [optax.trace(config.momentum)] if config.momentum else []
+    return coupled + [scale(config.rmsprop_decay, config.eps, eps_in_sqrt=False)] + momentum
+  raise ValueError(f'optimizer.name={config.name!r} is not one of {OPTIMIZERS}')
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The optimizer named by a `config.optimizer` section."""
+  """The optimizer a `config.optimizer` section describes (SAM's ascent is in the train step)."""
+
+  def optimizer(learning_rate, weight_decay):
+    clip = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    mask = lambda params: decay_mask(params, config.no_bias_decay)
+    # The learning rate is applied last, so a factor on the biases' updates is exactly a factor on their rate.
+    bias_lr = ([optax.masked(optax.scale(config.bias_lr_factor), layer_bias_mask)]
+               if config.bias_lr_factor != 1.0 else [])
+    return optax.chain(*clip, *_direction(config, weight_decay, mask), optax.scale_by_learning_rate(learning_rate),
+                       *bias_lr)
+
+  return optax.inject_hyperparams(optimizer)(learning_rate=config.lr, weight_decay=config.weight_decay)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the `optimizer.` key whose value cannot work."""
   if config.name not in OPTIMIZERS:
-    raise ValueError(f'unknown optimizer {config.name!r}; choose one of {sorted(OPTIMIZERS)}')
-  return OPTIMIZERS[config.name](config)
+    raise ValueError(f'optimizer.name={config.name!r} is not one of {OPTIMIZERS}')
+  checks = {
+      'weight_decay': config.weight_decay >= 0, 'momentum': 0 <= config.momentum < 1,
+      'b1': 0 <= config.b1 < 1, 'b2': 0 <= config.b2 < 1, 'eps': config.eps >= 0,
+      'rmsprop_decay': 0 < config.rmsprop_decay < 1, 'bias_lr_factor': config.bias_lr_factor > 0,
+      'clip_norm': config.clip_norm is None or config.clip_norm > 0, 'sam_rho': config.sam_rho >= 0,
+      'ema_decay': 0 <= config.ema_decay < 1,
+  }
+  for key, ok in checks.items():
+    if not ok:
+      raise ValueError(f'optimizer.{key}={config[key]!r} is out of range (see configs/default.py)')
+  if config.nesterov and not (config.name == 'sgd' and config.momentum):
+    raise ValueError('optimizer.nesterov=True needs optimizer.name=\'sgd\' with optimizer.momentum > 0')
+  if config.sam_adaptive and not config.sam_rho:
+    raise ValueError('optimizer.sam_adaptive=True needs optimizer.sam_rho > 0 (ASAM is a form of SAM)')
 
 
-TRAINABLE = ('all', 'classifier', 'last_blocks')
+def sam_perturbation(params: Any, grads: Any, rho: float, adaptive: bool) -> Any:
+  """SAM's ascent e(w) = rho g / ||g|| (ASAM: rho w^2 g / ||w g||), with the global L2 norm over all leaves
+  and 1e-12 added to it, as the reference implementation (google-research/sam) does."""
+  scaled = jax.tree.map(lambda w, g: jnp.abs(w) * g, params, grads) if adaptive else grads
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(scaled)))
+  scale = rho / (norm + 1e-12)
+  weight = (lambda w: w * w) if adaptive else (lambda w: 1.0)
+  return jax.tree.map(lambda w, g: weight(w) * g * scale, params, grads)
+
+
+def ema_update(average: Any, current: Any, decay: float) -> Any:
+  """decay * average + (1 - decay) * current, leaf by leaf (timm's ModelEmaV2)."""
+  return jax.tree.map(lambda a, c: decay * a + (1.0 - decay) * c, average, current)
 
 
 def frozen_blocks(blocks: list[str], config: ml_collections.ConfigDict) -> tuple[str, ...]:
