@@ -48,12 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
       degrees=number_or_tuple(0.0), translate=(0.0, 0.0), scale=(1.0, 1.0),
       shear=number_or_tuple(0.0),     # x only, or (xmin, xmax, ymin, ymax)
       interpolation='nearest', fill=number_or_tuple(0.0)))  # nearest | bilinear
-  augment.rotation = ml_collections.ConfigDict(dict(  # RandomRotation
-      degrees=number_or_tuple(0.0), interpolation='nearest', fill=number_or_tuple(0.0)))
+  augment.rotation = ml_collections.ConfigDict(dict(  # RandomRotation (in RandomApply with p < 1)
+      degrees=number_or_tuple(0.0), interpolation='nearest', fill=number_or_tuple(0.0), p=1.0))
   augment.perspective = ml_collections.ConfigDict(dict(  # RandomPerspective
       distortion_scale=0.5, p=0.5, interpolation='bilinear', fill=number_or_tuple(0.0)))
   augment.resized_crop = ml_collections.ConfigDict(dict(  # RandomResizedCrop(image_size), bilinear
-      scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)))
+      scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p=1.0))     # (in RandomApply with p < 1)
   augment.color_jitter = ml_collections.ConfigDict(dict(  # ColorJitter, the four in a random order per image
       brightness=number_or_tuple(0.0), contrast=number_or_tuple(0.0), saturation=number_or_tuple(0.0),
       hue=number_or_tuple(0.0)))
@@ -78,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.padding = 'symmetric'         # symmetric (PyTorch/timm) | same (TF/Keras)
   model.dtype = 'float32'             # compute dtype: float32 | bfloat16 (parameters stay float32)
   model.conv_impl = 'auto'            # depthwise/1x1 convolutions: auto (fastest measured) | xla | fast
+  model.classifier = 'linear'         # linear | cosine (normalised features and weights: AM-Softmax's head)
 
   config.init = init = ml_collections.ConfigDict()  # weights to start from (not when resuming)
   init.checkpoint = placeholder(str)  # a timm/PyTorch state dict (.pth/.pt/.bin/.safetensors), a Keras
@@ -85,30 +86,69 @@ def get_config() -> ml_collections.ConfigDict:
   init.reference = placeholder(str)   # the reference model the file belongs to, when the file alone does
                                       # not say the layer order: timm name (.safetensors) or keras.applications
                                       # name (.h5), e.g. 'mobilenetv3_large_100', 'MobileNetV3Large'
+  init.required = False               # True: refuse to start without init.checkpoint (fine-tuning recipes)
 
   config.freeze = freeze = ml_collections.ConfigDict()  # frozen layers: no updates, BatchNorm statistics fixed
   freeze.trainable = 'all'            # all | classifier | last_blocks (python -m lightcls.summary lists blocks)
   freeze.last_blocks = 1              # with trainable='last_blocks': how many top-level blocks, from the end
 
   config.optimizer = optimizer = ml_collections.ConfigDict()
-  optimizer.name = 'adamw'            # adamw | sgd
+  optimizer.name = 'adamw'            # sgd | adam | adamw | rmsprop (each as its torch.optim namesake)
   optimizer.lr = 1e-3
-  optimizer.weight_decay = 0.01       # adamw: decoupled (as torch.optim.AdamW); sgd: L2 added to gradients
-  optimizer.b1 = 0.9
+  optimizer.weight_decay = 0.01       # adamw: decoupled (torch AdamW); sgd, adam, rmsprop: L2 added to gradients
+  optimizer.b1 = 0.9                  # adam, adamw
   optimizer.b2 = 0.999
-  optimizer.eps = 1e-8
-  optimizer.momentum = 0.9            # sgd
+  optimizer.eps = 1e-8                # adam, adamw, rmsprop
+  optimizer.momentum = 0.9            # sgd, rmsprop
   optimizer.nesterov = False          # sgd
+  optimizer.rmsprop_decay = 0.99      # rmsprop: torch's alpha (smoothing of the squared gradients)
+  optimizer.centered = False          # rmsprop
+  optimizer.no_bias_decay = False     # no weight decay for biases and BatchNorm scale/bias (seed 002)
+  optimizer.bias_lr_factor = 1.0      # learning rate of biases x this (seed 002: 2)
+  optimizer.clip_norm = placeholder(float)  # clip gradients to this global L2 norm (None: no clipping)
+  optimizer.sam_rho = 0.0             # > 0: SAM around the optimizer, ascent radius rho (seed 002: 0.05)
+  optimizer.sam_adaptive = False      # ASAM: the ascent scaled by |w|
+  optimizer.ema_decay = 0.0           # > 0: an exponential moving average of the weights (and BatchNorm
+                                      # statistics), evaluated beside them each epoch (eval_ema/*)
 
+  # The learning rate: warmup, then the named schedule. Plateau schedules decide after each epoch's
+  # evaluation, on the host; their state is checkpointed, so a resumed run decides the same.
   config.schedule = schedule = ml_collections.ConfigDict()
-  schedule.name = 'multistep'         # multistep | constant
+  schedule.name = 'multistep'         # constant | multistep | exponential | cosine | plateau | plateau_v2
   schedule.milestones_epochs = ()     # multistep: multiply the rate by gamma at these epochs ...
   schedule.milestones_steps = placeholder(tuple)  # ... or at these steps
-  schedule.gamma = 0.1
+  schedule.gamma = 0.1                # multistep factor; exponential: lr * gamma ** epoch (seed 000: 0.95-0.99)
+  schedule.min_lr = 0.0               # cosine: the final rate; plateau, plateau_v2: the floor
+  schedule.warmup_epochs = 0.0        # linear warmup from warmup_from * lr to lr (seed 002: 5 epochs from lr/10)
+  schedule.warmup_from = 0.1
+  schedule.monitor = 'eval/loss'      # plateau: eval/loss | eval/top1 | train/loss (plateau_v2: seed 002's train/loss)
+  schedule.mode = 'auto'              # plateau: min | max | auto (max for top1, min for losses)
+  schedule.factor = 0.1               # plateau: lr * factor on a plateau
+  schedule.patience = 10              # plateau: epochs without improvement before a drop
+  schedule.threshold = 1e-4           # plateau: the least change that counts as improvement ...
+  schedule.threshold_mode = 'rel'     # ... rel (relative to the best) | abs
+  schedule.cooldown = 0               # plateau: epochs after a drop before counting again
+  schedule.forced_drop_epoch = placeholder(int)  # plateau_v2: drop here if none happened yet (None:
+                                                 # int(0.75 * total epochs) - warmup epochs, as seed 002)
+  schedule.stop_patience = 5          # plateau_v2: once lr <= min_lr, stop after this many epochs without a
+                                      # new best eval top-1 (0: never stop)
+
+  config.early_stop = early_stop = ml_collections.ConfigDict()  # stop when the monitored value stalls
+  early_stop.patience = 0             # epochs without improvement before stopping (0: off; seed 000: 15)
+  early_stop.monitor = 'eval/loss'    # eval/loss | eval/top1 | train/loss
+  early_stop.mode = 'auto'            # min | max | auto
+  early_stop.min_delta = 0.0          # the least change that counts as improvement (seed 001: 1e-3)
 
   config.loss = loss = ml_collections.ConfigDict()
-  loss.name = 'cross_entropy'
-  loss.label_smoothing = 0.0
+  loss.name = 'cross_entropy'         # cross_entropy | am_softmax (needs model.classifier='cosine')
+  loss.label_smoothing = 0.0          # (1 - eps) CE + eps * mean over classes of -log p (seeds 000/001: 0.1)
+  loss.margin = 0.35                  # am_softmax: additive cosine margin m
+  loss.scale = placeholder(float)     # am_softmax: logit scale s (None: max(sqrt(2) ln(C - 1), 3))
+  loss.confidence_penalty = 0.0       # beta: loss - beta * entropy of the prediction
+
+  config.mutual = mutual = ml_collections.ConfigDict()  # deep mutual learning of two models (seed 002)
+  mutual.enabled = False              # train a second copy of config.model jointly; evaluated as eval_peer/*
+  mutual.loss = 'am_softmax'          # the second model's loss (am_softmax gets a cosine classifier)
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 64               # global batch, split over all devices

@@ -9,7 +9,6 @@ The JPEGs are generated (smooth random colour fields with edges, about 700x480 l
 than the first (decoding) epoch; augmentation at most 10% of the train step on a GPU.
 """
 import argparse
-import functools
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train  # noqa: E402  (median_seconds)
 from configs import default  # noqa: E402
-from lightcls import losses, models, optim, state as state_lib, steps  # noqa: E402
+from lightcls import models, optim, state as state_lib, steps  # noqa: E402
 from lightcls.data import augment, pipeline  # noqa: E402
 from lightcls.data.dataset import Record, Records  # noqa: E402
 
@@ -77,12 +76,11 @@ def augmentation_and_step(size: int, batch: int, repeats: int, conv_impl: str) -
   model = models.create_model(config.model, 10)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   for name, order in (('step', config.augment.order), ('step_without_augment', ())):
-    augment_config = config.augment.copy_and_resolve_references()
-    augment_config.order = order
+    step_config = config.copy_and_resolve_references()
+    step_config.augment.order = order
     state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), (size, size, 3), 0,
                                          device)
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.create_loss(config.loss), mean=mean,
-                                     std=std, augment_config=augment_config), donate_argnums=0)
+    step = jax.jit(steps.configured_train_step(step_config, 10), donate_argnums=0)
     start = time.perf_counter()
     state, _ = step(state, {'image': images, 'label': labels}, 1e-3)
     jax.block_until_ready(state)

@@ -11,7 +11,6 @@ FLOP/s of our step from XLA's cost analysis.
       --size=224 --batch=256 --dtype=bfloat16 --torch_compile
 """
 import argparse
-import functools
 import statistics
 import time
 
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 
 from configs import default
-from lightcls import losses, models, optim, state as state_lib, steps
+from lightcls import models, optim, state as state_lib, steps
 
 TIMM_NAMES = {'ghostnet': 'ghostnet_100', 'efficientnet_b0': 'efficientnet_b0',
               'mobilenet_v3_large': 'mobilenetv3_large_100', 'mobilenet_v3_small': 'mobilenetv3_small_100',
@@ -47,6 +46,7 @@ def train_setup(name: str, size: int, batch: int, dtype: str = 'float32', small_
   config.augment.order = ('crop', 'hflip')
   config.augment.crop.padding = size // 8
   config.loss.label_smoothing = 0.1
+  config.data.mean, config.data.std = MEAN, STD
   model = models.create_model(config.model, 1000)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), (size, size, 3), 0,
@@ -54,8 +54,7 @@ def train_setup(name: str, size: int, batch: int, dtype: str = 'float32', small_
   rng = np.random.default_rng(0)
   batches = [{'image': jax.device_put(rng.integers(0, 256, (batch, size, size, 3), np.uint8)),
               'label': jax.device_put(rng.integers(0, 1000, (batch,), np.int32))} for _ in range(num_batches)]
-  step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.create_loss(config.loss), mean=MEAN,
-                                   std=STD, augment_config=config.augment), donate_argnums=0)
+  step = jax.jit(steps.configured_train_step(config, 1000), donate_argnums=0)
   return model, state, batches, step
 
 

@@ -13,7 +13,6 @@ rounding decides. --offset_bn_bias moves every BatchNorm bias off 0 to tell such
 """
 import argparse
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -58,9 +57,7 @@ def step_and_reference_gradients(batch_size: int, crop_padding: int, bias_offset
   params = jax.tree.map(np.asarray, state.params)
   batch_stats, rng = jax.tree.map(np.asarray, state.batch_stats), np.asarray(state.rng)
   batch = next(train.global_batches(pipeline.train_batches(data.train, batch_size, 0, 0), sharded))
-  loss_fn = losses.create_loss(config.loss)
-  train_step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, mean=config.data.mean,
-                                         std=config.data.std, augment_config=config.augment))
+  train_step = jax.jit(steps.configured_train_step(config, data.num_classes))
   new_state, _ = train_step(state, batch, 1.0)
   used = jax.tree.map(lambda p, q: p - np.asarray(q, np.float64), params, new_state.params)
 
@@ -75,7 +72,7 @@ def step_and_reference_gradients(batch_size: int, crop_padding: int, bias_offset
   def loss(p):
     logits, _ = model64.apply({'params': p, 'batch_stats': to64(batch_stats)}, to64(images), train=True,
                               mutable=['batch_stats'])
-    return loss_fn(logits, np.asarray(batch['label'])).mean()
+    return losses.create_loss(config.loss)(logits, np.asarray(batch['label'])).mean()
 
   return used, jax.jit(jax.grad(loss))(to64(params))
 

@@ -43,6 +43,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   _choice('schedule.name', config.schedule.name, schedules.SCHEDULES)
   _choice('loss.name', config.loss.name, losses.LOSSES)
   _choice('freeze.trainable', config.freeze.trainable, optim.TRAINABLE)
+  if config.init.required and not config.init.checkpoint:
+    raise ConfigError('config.init.required=True: this recipe fine-tunes pretrained weights; give them with '
+                      '--config.init.checkpoint=FILE (see the config\'s docstring for which file).')
   if config.init.checkpoint and not os.path.exists(config.init.checkpoint):
     raise ConfigError(f'config.init.checkpoint={config.init.checkpoint!r}: no such file or directory.')
   if config.freeze.trainable == 'last_blocks':
@@ -55,8 +58,16 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
                       'must have the same length (one value per channel, or one for all).')
   if any(s <= 0 for s in config.data.std):
     raise ConfigError(f'config.data.std must be positive; got {config.data.std}.')
-  if not 0.0 <= config.loss.label_smoothing < 1.0:
-    raise ConfigError(f'config.loss.label_smoothing must be in [0, 1); got {config.loss.label_smoothing}.')
+  _choice('model.classifier', config.model.classifier, models.CLASSIFIERS)
+  for check in (lambda: optim.check(config.optimizer), lambda: schedules.check(config.schedule, config.early_stop),
+                lambda: losses.check(config)):
+    try:  # each module names its own bad key
+      check()
+    except ValueError as error:
+      raise ConfigError(f'config.{error}') from None
+  if config.mutual.enabled and config.freeze.trainable != 'all':
+    raise ConfigError("config.mutual.enabled=True trains two whole models; it cannot be combined with "
+                      "config.freeze.trainable != 'all'.")
   for key in ('dropout', 'drop_path'):
     if config.model[key] is not None and not 0.0 <= config.model[key] < 1.0:
       raise ConfigError(f'config.model.{key} must be in [0, 1); got {config.model[key]}.')

@@ -6,7 +6,6 @@ notebook. Re-running it on the same workdir resumes from the latest checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
 import math
@@ -17,13 +16,15 @@ from typing import Any, Iterator
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lightcls import checkpoint, config_utils, losses, models, optim, schedules, state as state_lib, steps, writers
+from lightcls import checkpoint, config_utils, metrics as metrics_lib, models, optim, schedules, state as state_lib
+from lightcls import steps, writers
 from lightcls.data import dataset as dataset_lib, pipeline, sources
-from lightcls.metrics import EvalMetrics, TrainMetrics
-from lightcls.models import convert
+from lightcls.metrics import TrainMetrics
+from lightcls.models import convert, mutual
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -50,17 +51,31 @@ def global_batches(batches: Iterator[pipeline.Batch], sharding: NamedSharding) -
     yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def evaluate(eval_step, state: state_lib.TrainState, split: dataset_lib.Split, batch_size: int,
-             sharding: NamedSharding) -> dict[str, float]:
-  """Loss, top-1 and top-5 over the whole split, every example counted exactly once."""
-  total: EvalMetrics | None = None
+def eval_outputs(eval_step, state: state_lib.TrainState, split: dataset_lib.Split, batch_size: int,
+                 sharding: NamedSharding) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Logits (M, N, C) and per-example losses (M, N) of each of the M models, and the labels (N,), of every
+  example of `split` exactly once, on the host."""
+  logits, losses, labels = [], [], []
   batches = pipeline.eval_batches(split, batch_size, jax.process_index(), jax.process_count())
   for batch in global_batches(batches, sharding):
-    metrics = eval_step(state, batch)
-    total = metrics if total is None else total.merge(metrics)
-  results = {f'eval/{k}': float(v) for k, v in total.compute().items()}
-  results['eval/examples'] = int(total.loss.count)
-  return results
+    out = jax.device_get(eval_step(state, batch))
+    logits.append(out['logits'][:, out['mask']])
+    losses.append(out['loss'][:, out['mask']])
+    labels.append(out['label'][out['mask']])
+  return np.concatenate(logits, 1), np.concatenate(losses, 1), np.concatenate(labels)
+
+
+def evaluate(eval_step, state: state_lib.TrainState, split: dataset_lib.Split, batch_size: int,
+             sharding: NamedSharding, prefix: str = 'eval') -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+  """`{prefix}/loss, top1, top5, mean_class_accuracy, map, examples` of the model (a mutual pair's peer as
+  `{prefix}_peer/...`), and the model's logits and the labels for the class report."""
+  logits, losses, labels = eval_outputs(eval_step, state, split, batch_size, sharding)
+  results = {}
+  for member, name in zip(range(len(logits)), (prefix, f'{prefix}_peer')):
+    results.update({f'{name}/{k}': v for k, v in metrics_lib.eval_metrics(logits[member], labels,
+                                                                           losses[member]).items()})
+  results[f'{prefix}/examples'] = len(labels)
+  return results, logits[0], labels
 
 
 class TrainLog:
@@ -71,6 +86,7 @@ class TrainLog:
     self.writer, self.every, self.total_steps = writer, every, total_steps
     self.num_epochs, self.batch_size = num_epochs, batch_size
     self.metrics: TrainMetrics | None = None
+    self.epoch_metrics: TrainMetrics | None = None
     self.compiled = False
     self.restart(None)
 
@@ -85,8 +101,14 @@ class TrainLog:
       self.compiled = True
       self.restart(step)
     self.metrics = metrics if self.metrics is None else self.metrics.merge(metrics)
+    self.epoch_metrics = metrics if self.epoch_metrics is None else self.epoch_metrics.merge(metrics)
     if step % self.every == 0 or epoch_end:
       self.write(step, epoch)
+
+  def epoch_loss(self) -> float:
+    """The mean training loss of the epoch just ended (and a fresh start for the next)."""
+    loss, self.epoch_metrics = float(self.epoch_metrics.compute()['loss']), None
+    return loss
 
   def write(self, step: int, epoch: int) -> None:
     scalars = {f'train/{k}': float(v) for k, v in self.metrics.compute().items()}
@@ -135,7 +157,8 @@ def _write_json(workdir: str, name: str, data: dict[str, Any]) -> None:
 def _summary(config: ml_collections.ConfigDict, meta: dict[str, Any], num_params: int, step: int) -> dict:
   return {'model': config.model.name, 'params': num_params, 'steps': step, 'epochs': meta['epoch'],
           'best_top1': meta['best_top1'], 'best_epoch': meta['best_epoch'], 'best_step': meta['best_step'],
-          'final': meta['last_eval'], 'train_seconds': round(meta['train_seconds'], 1)}
+          'stop_reason': meta['stop_reason'], 'final': meta['last_eval'],
+          'train_seconds': round(meta['train_seconds'], 1)}
 
 
 def _after_eval(meta: dict[str, Any], results: dict[str, float], epoch: int, step: int,
@@ -147,10 +170,20 @@ def _after_eval(meta: dict[str, Any], results: dict[str, float], epoch: int, ste
   return meta
 
 
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """The configured model; with mutual learning a pair of it, the peer's classifier fitting its loss."""
+  model = models.create_model(config.model, num_classes)
+  if not config.mutual.enabled:
+    return model
+  peer = config.model.copy_and_resolve_references()
+  peer.classifier = 'cosine' if config.mutual.loss == 'am_softmax' else 'linear'
+  return mutual.MutualPair((model, models.create_model(peer, num_classes)))
+
+
 def model_and_frozen_blocks(config: ml_collections.ConfigDict, num_classes: int,
                             image_shape: tuple[int, ...]) -> tuple[nn.Module, tuple[str, ...]]:
   """The configured model, with the top-level blocks that `config.freeze` keeps fixed marked frozen."""
-  model = models.create_model(config.model, num_classes)
+  model = create_model(config, num_classes)
   if config.freeze.trainable == 'all':
     return model, ()
   blocks = convert.top_level_blocks(model, (1, *image_shape))
@@ -164,18 +197,37 @@ def model_and_frozen_blocks(config: ml_collections.ConfigDict, num_classes: int,
   return model, frozen
 
 
-def with_initial_weights(state: state_lib.TrainState, config: ml_collections.ConfigDict, model: nn.Module,
-                         image_shape: tuple[int, ...], sharding: NamedSharding) -> state_lib.TrainState:
-  """`state` with parameters and BatchNorm statistics from `config.init.checkpoint` (see configs/default.py)."""
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+def initial_variables(config: ml_collections.ConfigDict, model: nn.Module, variables: dict[str, Any],
+                      image_shape: tuple[int, ...]) -> dict[str, Any]:
+  """`variables` replaced by those of `config.checkpoint` (see configs/default.py); each member of a
+  mutual pair starts from them."""
+  if isinstance(model, mutual.MutualPair):
+    loaded = [initial_variables(config, member, mutual.member_variables(variables, i), image_shape)
+              for i, member in enumerate(model.members)]
+    return {c: {f'members_{i}': v[c] for i, v in enumerate(loaded)} for c in variables}
   try:
-    loaded = convert.load_initial_variables(config.checkpoint, config.reference, model,
-                                            jax.device_get(variables), (1, *image_shape))
+    return convert.load_initial_variables(config.checkpoint, config.reference, model, variables,
+                                          (1, *image_shape))
   except (ValueError, FileNotFoundError) as error:
     raise config_utils.ConfigError(str(error)) from None
-  loaded = jax.device_put(loaded, sharding)
+
+
+def with_initial_weights(state: state_lib.TrainState, config: ml_collections.ConfigDict, model: nn.Module,
+                         image_shape: tuple[int, ...], sharding: NamedSharding) -> state_lib.TrainState:
+  """`state` with parameters and BatchNorm statistics (and their average) from `config.init.checkpoint`."""
+  loaded = jax.device_put(initial_variables(config, model, jax.device_get(state.variables), image_shape), sharding)
   logging.info('Initial weights from %s.', config.checkpoint)
-  return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'])
+  return state.replace(params=loaded['params'], batch_stats=loaded['batch_stats'],
+                       ema=loaded if state.ema is not None else None)
+
+
+def write_class_report(workdir: str, name: str, report: dict[str, Any]) -> None:
+  """`name`.json and `name`.txt in the workdir, each replaced whole (a reader never sees half a file)."""
+  for extension, text in (('json', json.dumps(report, indent=1)), ('txt', metrics_lib.report_text(report))):
+    path = os.path.join(workdir, f'{name}.{extension}')
+    with open(path + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -201,7 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = config_utils.resolve_steps(config.train, 'total', steps_per_epoch)
   num_epochs = math.ceil(total_steps / steps_per_epoch)
   milestones = config_utils.resolve_steps(config.schedule, 'milestones', steps_per_epoch) or ()
-  schedule = schedules.create_schedule(config.schedule, config.optimizer.lr, milestones)
+  learning_rate = schedules.create_learning_rate(config.schedule, config.optimizer.lr, steps_per_epoch,
+                                                 total_steps / steps_per_epoch, milestones)
+  early_stop = schedules.EarlyStopping(config.early_stop)
   logging.info('%d training / %d eval examples, %d classes; %d steps of batch %d (%d epochs of %d steps) '
                'on %d device(s).', len(dataset.train), len(dataset.eval), dataset.num_classes, total_steps,
                batch_size, num_epochs, steps_per_epoch, jax.device_count())
@@ -209,15 +263,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   image_shape = dataset.train.images.shape[1:]
   model, frozen = model_and_frozen_blocks(config, dataset.num_classes, image_shape)
   state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), image_shape,
-                                       config.seed, replicated)
+                                       config.seed, replicated, ema=config.optimizer.ema_decay > 0)
   num_params = state_lib.parameter_count(state)
   logging.info('%s: %s parameters.', config.model.name, f'{num_params:,}')
   manager = checkpoint.create_manager(workdir, config.train.keep_best)
   meta = {'epoch': 0, 'best_top1': None, 'best_epoch': None, 'best_step': None, 'last_eval': {},
-          'train_seconds': 0.0}
+          'train_seconds': 0.0, 'stop_reason': None, 'learning_rate': None, 'early_stop': None}
   resume_step = manager.latest_step()
   if resume_step is not None:
-    state, meta = checkpoint.restore(manager, resume_step, state)
+    state, restored = checkpoint.restore(manager, resume_step, state)
+    meta.update(restored)
+    if meta['learning_rate'] is not None:  # (absent from runs of versions before plateau schedules)
+      learning_rate.load_state_dict(meta['learning_rate'])
+      early_stop.load_state_dict(meta['early_stop'])
     logging.info('Resumed from the checkpoint of step %d (epoch %d).', resume_step, meta['epoch'])
   elif config.init.checkpoint:
     state = with_initial_weights(state, config.init, model, image_shape, replicated)
@@ -228,36 +286,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_hparams({**writers.flat_hparams(config.to_dict()), 'model.params': num_params})
     writer.write_texts(0, {'model/parameters': f'{config.model.name}: {num_params:,} parameters'})
 
-  loss_fn = losses.create_loss(config.loss)
-  norm = dict(loss_fn=loss_fn, mean=tuple(config.data.mean), std=tuple(config.data.std))
-  train_step = jax.jit(functools.partial(steps.train_step, augment_config=config.augment, frozen=frozen,
-                                         **norm),
-                       donate_argnums=0, out_shardings=(replicated, replicated))
-  eval_step = jax.jit(functools.partial(steps.eval_step, **norm), out_shardings=replicated)
+  train_step = jax.jit(steps.configured_train_step(config, dataset.num_classes, frozen), donate_argnums=0,
+                       out_shardings=(replicated, replicated))
+  eval_step = jax.jit(steps.configured_eval_step(config, dataset.num_classes), out_shardings=replicated)
 
   step = int(state.step)
   log = TrainLog(writer, config.train.log_every_steps, total_steps, num_epochs, batch_size)
   started = time.perf_counter() - meta['train_seconds']
   try:
-    for epoch in range(meta['epoch'], num_epochs if step < total_steps else 0):
+    for epoch in range(meta['epoch'], num_epochs if step < total_steps and not meta['stop_reason'] else 0):
       batches = pipeline.train_batches(dataset.train, batch_size, config.seed, epoch, jax.process_index(),
                                        jax.process_count())
       batches = itertools.islice(global_batches(batches, batch_sharding), total_steps - step)
       for batch in pipeline.prefetched(batches):
-        state, metrics = train_step(state, batch, schedule(step))
+        state, metrics = train_step(state, batch, learning_rate(step))
         step += 1
         log.add(step, epoch, metrics, epoch_end=step % steps_per_epoch == 0 or step == total_steps)
 
-      results = evaluate(eval_step, state, dataset.eval, config.train.eval_batch_size, batch_sharding)
+      epoch_rate = learning_rate(step - 1)
+      results, logits, labels = evaluate(eval_step, state, dataset.eval, config.train.eval_batch_size,
+                                         batch_sharding)
+      if state.ema is not None:
+        results.update(evaluate(eval_step, state.with_ema_variables(), dataset.eval,
+                                config.train.eval_batch_size, batch_sharding, prefix='eval_ema')[0])
+      train_loss = log.epoch_loss()
+      learning_rate.end_epoch(epoch + 1, {**results, 'train/loss': train_loss})
+      early_stop.end_epoch(epoch + 1, {**results, 'train/loss': train_loss})
       meta = _after_eval(meta, results, epoch, step, time.perf_counter() - started)
-      checkpoint.save(manager, step, state, meta, {checkpoint.BEST_METRIC: results['eval/top1']})
-      writer.write_scalars(step, {k: v for k, v in results.items() if k != 'eval/examples'} | {'epoch': epoch + 1})
+      meta.update(learning_rate=learning_rate.state_dict(), early_stop=early_stop.state_dict(),
+                  stop_reason=learning_rate.stop_reason or early_stop.stop_reason)
+      report = metrics_lib.class_report(logits, labels, dataset.class_names)
+      writer.write_scalars(step, {k: v for k, v in results.items() if not k.endswith('/examples')} |
+                           {'epoch': epoch + 1, 'learning_rate': epoch_rate, 'train/epoch_loss': train_loss})
+      writer.write_images(step, {'images/confusion_matrix': metrics_lib.confusion_image(
+          np.asarray(report['confusion_matrix']))[None]})
       writer.flush()
+      if jax.process_index() == 0:
+        write_class_report(workdir, 'class_report_last', report)
+        if meta['best_epoch'] == epoch + 1:
+          write_class_report(workdir, 'class_report_best', report)
+      # After the logs: a run killed in between redoes this epoch and rewrites its rows (writers truncate
+      # what lies past the checkpoint it resumes from); the other order could lose them.
+      checkpoint.save(manager, step, state, meta, {checkpoint.BEST_METRIC: results['eval/top1']})
       log.restart(step)
-      logging.info('epoch %d/%d eval | loss %.4f top1 %.2f%% top5 %.2f%% (%d examples) | best %.2f%% (epoch %d)',
-                   epoch + 1, num_epochs, results['eval/loss'], 100 * results['eval/top1'],
-                   100 * results['eval/top5'], results['eval/examples'], 100 * meta['best_top1'],
-                   meta['best_epoch'])
+      logging.info('epoch %d/%d eval | loss %.4f top1 %.2f%% top5 %.2f%% mAP %.2f%% (%d examples) | best %.2f%% '
+                   '(epoch %d) | lr %.3g', epoch + 1, num_epochs, results['eval/loss'], 100 * results['eval/top1'],
+                   100 * results['eval/top5'], 100 * results['eval/map'], results['eval/examples'],
+                   100 * meta['best_top1'], meta['best_epoch'], epoch_rate)
+      if meta['stop_reason']:
+        logging.info('Stopped after epoch %d of %d: %s', epoch + 1, num_epochs, meta['stop_reason'])
+        break
   finally:  # an error mid-run still completes the checkpoint being written and flushes the logs
     manager.wait_until_finished()
     manager.close()

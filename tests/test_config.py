@@ -13,7 +13,7 @@ from lightcls.config_utils import ConfigError
     ('model.name', 'ghostnt', "Did you mean 'ghostnet'"),
     ('optimizer.name', 'lamb', "'adamw'"),
     ('data.source', 'imagenet', "'digits'"),
-    ('schedule.name', 'cosine', "'multistep'"),
+    ('schedule.name', 'onecycle', "'multistep'"),
     ('model.padding', 'valid', "'symmetric'"),
     ('data.train_resize', 'crop', "'center_crop'"),
     ('data.val_fraction', 1.0, r'\[0, 1\)'),
@@ -62,7 +62,28 @@ def test_explain_bad_override_names_the_missing_key_and_the_closest_one():
   assert 'config.optimizer.lr is a value' in nested
 
 
+VARIANTS = {'efficientnet_b0_cars': ['gray', 'pretrained'], 'mobilenet_v1_dogs': ['0.75,192'],
+            'mobilenet_v2_cifar10': ['level1']}
+
+
 @pytest.mark.parametrize('name', sorted(p.stem for p in pathlib.Path(configs.__file__).parent.glob('*.py')
                                         if p.stem != '__init__'))
-def test_every_shipped_config_passes_validation(name):
-  config_utils.validate(importlib.import_module(f'configs.{name}').get_config())
+def test_every_shipped_config_and_variant_passes_validation(name):
+  module = importlib.import_module(f'configs.{name}')
+  for variant in [None] + VARIANTS.get(name, []):
+    config = module.get_config(*([variant] if variant else []))
+    if config.init.required:  # fine-tuning recipes name their weights file on the command line
+      config.init.checkpoint = __file__
+    config_utils.validate(config)
+
+
+def test_a_fine_tuning_recipe_without_its_weights_file_is_refused():
+  from configs import efficientnet_b0_cars
+  with pytest.raises(ConfigError, match='--config.init.checkpoint=FILE'):
+    config_utils.validate(efficientnet_b0_cars.get_config('pretrained'))
+
+
+def test_an_unknown_variant_is_refused_with_the_valid_ones():
+  from configs import efficientnet_b0_cars
+  with pytest.raises(ValueError, match="'gray', 'pretrained'"):
+    efficientnet_b0_cars.get_config('grey')

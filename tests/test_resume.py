@@ -4,6 +4,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from tests.helpers import read_jsonl, run_main
 
 
@@ -30,3 +32,40 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_command(tmp_path
   assert [r['step'] for r in rows if 'eval/top1' in r] == [89, 178]
   train_steps = [r['step'] for r in rows if 'train/loss' in r]
   assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 178
+
+
+def test_a_resumed_plateau_run_follows_the_uninterrupted_learning_rate_trajectory(tmp_path, monkeypatch):
+  """A plateau schedule that drops at every stalled epoch, with a cooldown: its counters must come back
+  from the checkpoint for the resumed run to drop at the same epochs."""
+  from lightcls import checkpoint, train
+  from tests.helpers import small_config
+  plateau = {'train.total_epochs': 4.0, 'schedule.name': 'plateau', 'schedule.monitor': 'eval/top1',
+             'schedule.patience': 0, 'schedule.threshold': 1.0, 'schedule.threshold_mode': 'abs',
+             'schedule.factor': 0.5, 'schedule.cooldown': 1}  # no epoch can beat the first by 1.0
+  whole = str(tmp_path / 'whole')
+  train.train_and_evaluate(small_config(**plateau), whole)
+
+  resumed = str(tmp_path / 'resumed')
+  save = checkpoint.save
+
+  def save_then_stop_after_epoch_2(manager, step, state, meta, metrics):
+    save(manager, step, state, meta, metrics)
+    if meta['epoch'] == 2:
+      raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoint, 'save', save_then_stop_after_epoch_2)
+  try:
+    train.train_and_evaluate(small_config(**plateau), resumed)
+  except KeyboardInterrupt:
+    pass
+  monkeypatch.setattr(checkpoint, 'save', save)
+  train.train_and_evaluate(small_config(**plateau), resumed)
+
+  def trajectory(workdir):
+    rows = read_jsonl(workdir)
+    return ([(r['step'], r['learning_rate']) for r in rows if 'learning_rate' in r],
+            [(r['step'], r['train/learning_rate']) for r in rows if 'train/learning_rate' in r])
+  epochs, steps = trajectory(whole)
+  # Epoch 1 sets the best; epoch 2 stalls (drop); epoch 3 is the cooldown; epoch 4 stalls again.
+  assert [rate for _, rate in epochs] == pytest.approx([2e-3, 2e-3, 1e-3, 1e-3])
+  assert trajectory(resumed) == (epochs, steps)
+  assert read_jsonl(resumed)[-1] == pytest.approx(read_jsonl(whole)[-1], rel=1e-5)

@@ -1,5 +1,4 @@
 """One real epoch in process: a tfds dataset by name (mocked), TensorBoard events, exact evaluation."""
-import functools
 import json
 import os
 
@@ -56,17 +55,18 @@ def test_eval_counts_every_example_once_when_the_split_is_not_a_multiple_of_the_
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   model = models.create_model(config.model, 10)
   state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), (32, 32, 1), 0, replicated)
-  loss_fn = losses.create_loss(config.loss)
-  eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn, mean=config.data.mean,
-                                        std=config.data.std))
-  results = train.evaluate(eval_step, state, split, 16, batch_sharding)
+  eval_step = jax.jit(steps.configured_eval_step(config, 10))
+  results, logits, labels = train.evaluate(eval_step, state, split, 16, batch_sharding)
 
   # Reference: one forward pass over all 37 examples at once.
-  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                       steps.normalized(jnp.asarray(split.images), config.data.mean, config.data.std))
-  assert results['eval/examples'] == 37
-  assert results['eval/top1'] == pytest.approx(float(np.mean(np.argmax(logits, -1) == split.labels)))
-  assert results['eval/loss'] == pytest.approx(float(loss_fn(logits, split.labels).mean()), rel=1e-5)
+  reference = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                          steps.normalized(jnp.asarray(split.images), config.data.mean, config.data.std))
+  loss_fn = losses.create_loss(config.loss, 10)
+  assert results['eval/examples'] == 37 and logits.shape == (37, 10)
+  np.testing.assert_array_equal(labels, split.labels)
+  np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+  assert results['eval/top1'] == pytest.approx(float(np.mean(np.argmax(reference, -1) == split.labels)))
+  assert results['eval/loss'] == pytest.approx(float(loss_fn(reference, split.labels).mean()), rel=1e-5)
 
 
 def test_fine_tuning_from_another_run_with_a_frozen_base_trains_only_the_classifier(mock_tfds_run, tmp_path):

@@ -168,10 +168,24 @@ def random_affine(key: jax.Array, image: jax.Array, degrees: Range, translate: S
   return affine(image, angle, shift, zoom, shears, interpolation, fill)
 
 
+def applied_with(p: float, op: Callable[[jax.Array, jax.Array], jax.Array]):
+  """torchvision's RandomApply([op], p): `op` on a random fraction p of the images (p = 1: always, with
+  the op's own random numbers unchanged)."""
+  if p >= 1.0:
+    return op
+
+  def sometimes(key: jax.Array, image: jax.Array) -> jax.Array:
+    apply_key, op_key = jax.random.split(key)
+    return jnp.where(jax.random.bernoulli(apply_key, p), op(op_key, image), image)
+  return sometimes
+
+
 def random_rotation(key: jax.Array, image: jax.Array, degrees: Range, interpolation: str = 'nearest',
-                    fill: Range = 0.0) -> jax.Array:
-  low, high = _range(degrees, 'degrees')
-  return rotate(image, jax.random.uniform(key, (), minval=low, maxval=high), interpolation, fill)
+                    fill: Range = 0.0, p: float = 1.0) -> jax.Array:
+  def rotated(key, image):
+    low, high = _range(degrees, 'degrees')
+    return rotate(image, jax.random.uniform(key, (), minval=low, maxval=high), interpolation, fill)
+  return applied_with(p, rotated)(key, image)
 
 
 def perspective_inverse(startpoints: jax.Array, endpoints: jax.Array) -> jax.Array:
@@ -260,8 +274,9 @@ def resized_crop_box(key: jax.Array, image_size: tuple[int, int], scale: Sequenc
 
 
 def random_resized_crop(key: jax.Array, image: jax.Array, scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> jax.Array:
-  return resized_crop(image, *resized_crop_box(key, image.shape[:2], scale, ratio))
+                        ratio: Sequence[float] = (3 / 4, 4 / 3), p: float = 1.0) -> jax.Array:
+  cropped = lambda key, image: resized_crop(image, *resized_crop_box(key, image.shape[:2], scale, ratio))
+  return applied_with(p, cropped)(key, image)
 
 
 # Colour ops (torchvision's blends, clamped to [0, 1]) ----------------------------------------------------
@@ -600,7 +615,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     if config[name].interpolation not in INTERPOLATIONS:
       raise ValueError(f'augment.{name}.interpolation={config[name].interpolation!r} is not one of '
                        f'{INTERPOLATIONS}.')
-  for name in ('hflip', 'perspective', 'erasing'):
+  for name in ('hflip', 'perspective', 'erasing', 'rotation', 'resized_crop'):
     if not 0.0 <= config[name].p <= 1.0:
       raise ValueError(f'augment.{name}.p={config[name].p} must be a probability in [0, 1].')
   for key in ('affine.degrees', 'affine.shear', 'rotation.degrees', 'color_jitter.brightness',

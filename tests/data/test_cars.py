@@ -75,10 +75,10 @@ def _updated_row(i: int, label: int, box, test: int) -> dict:
 
 
 def _updated_release(directory, rows=UPDATED, images: int | None = None):
-  """car_ims.tgz + cars_annos.mat + car_devkit.tgz; image i is filled with the value 30 * (i + 1)."""
+  """car_ims.tgz + cars_annos.mat + car_devkit.tgz; image i is filled with the value 30 * (i + 1) mod 256."""
   directory.mkdir(exist_ok=True)
   count = len(rows) if images is None else images
-  _tgz(directory / 'car_ims.tgz', {f'car_ims/{i + 1:06d}.jpg': _jpeg(30 * (i + 1)) for i in range(count)})
+  _tgz(directory / 'car_ims.tgz', {f'car_ims/{i + 1:06d}.jpg': _jpeg(30 * (i + 1) % 256) for i in range(count)})
   annotations = [_updated_row(i, *row) for i, row in enumerate(rows)]
   (directory / 'cars_annos.mat').write_bytes(_mat_bytes({'annotations': _struct_array(annotations),
                                                          'class_names': _cell(CLASS_NAMES)}))
