@@ -8,6 +8,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from lightcls.models import mutual
+
 BEST_METRIC = 'eval/top1'
 
 
@@ -45,8 +47,9 @@ def restore(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, 
   return restored['state'], restored['meta']
 
 
-def restore_variables(workdir: str) -> dict[str, Any]:
-  """`params` and `batch_stats` of another run's best checkpoint (its latest if none is ranked)."""
+def restore_variables(workdir: str, member: int = 0) -> dict[str, Any]:
+  """`params` and `batch_stats` of another run's best checkpoint (its latest if none is ranked); of a
+  mutual-learning run, those of its member `member` (0: the model, 1: its peer)."""
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{workdir} holds no lightcls checkpoints (no {directory}/)')
@@ -57,4 +60,5 @@ def restore_variables(workdir: str) -> dict[str, Any]:
     raise FileNotFoundError(f'{directory} holds no complete checkpoint')
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   manager.close()
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  return mutual.member_variables(variables, member) if mutual.is_pair(variables['params']) else variables

@@ -82,6 +82,16 @@ def test_ote_mobilenetv3_large_seed_002_trains_a_mutual_pair_from_one_weights_fi
   summary = mock_tfds_run(config, str(tmp_path / 'run'))
   assert_one_epoch(summary, str(tmp_path / 'run'))
   assert 'eval_peer/top1' in summary['final'] and 'eval_peer/map' in summary['final']
+  # Either member comes out of the run as a model of its own configuration.
+  import jax
+  from lightcls import checkpoint, models
+  num_classes = len(json.load(open(tmp_path / 'run' / 'class_report_last.json'))['classes'])
+  for member, classifier in ((0, 'linear'), (1, 'cosine')):
+    config.model.classifier = classifier
+    model = models.create_model(config.model, num_classes)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 32, 32, 3))))
+    restored = checkpoint.restore_variables(str(tmp_path / 'run'), member)
+    assert jax.tree.map(lambda x: x.shape, restored) == jax.tree.map(lambda x: x.shape, dict(shapes))
 
 
 def test_mobilenet_v1_dogs_seed_004_from_keras_weights(tmp_path):
