@@ -109,7 +109,8 @@ def get_config() -> ml_collections.ConfigDict:
   optimizer.sam_rho = 0.0             # > 0: SAM around the optimizer, ascent radius rho (seed 002: 0.05)
   optimizer.sam_adaptive = False      # ASAM: the ascent scaled by |w|
   optimizer.ema_decay = 0.0           # > 0: an exponential moving average of the weights (and BatchNorm
-                                      # statistics), evaluated beside them each epoch (eval_ema/*)
+                                      # statistics), evaluated beside them each epoch (eval_ema/*); its
+                                      # decay warms up as min(ema_decay, (1 + step) / (10 + step))
 
   # The learning rate: warmup, then the named schedule. Plateau schedules decide after each epoch's
   # evaluation, on the host; their state is checkpointed, so a resumed run decides the same.

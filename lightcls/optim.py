@@ -103,8 +103,16 @@ def sam_perturbation(params: Any, grads: Any, rho: float, adaptive: bool) -> Any
   return jax.tree.map(lambda w, g: weight(w) * g * scale, params, grads)
 
 
-def ema_update(average: Any, current: Any, decay: float) -> Any:
-  """decay * average + (1 - decay) * current, leaf by leaf (timm's ModelEmaV2)."""
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+  """The average's decay after `step` updates: min(decay, (1 + step) / (10 + step)), TensorFlow's
+  ExponentialMovingAverage(num_updates) warmup. Without it the average of a short run keeps the first steps'
+  weights and BatchNorm statistics (variances can be orders of magnitude off early on), which measured
+  10% top-1 after 3 epochs of Fashion-MNIST with decay 0.998 where the weights themselves had 90%."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(average: Any, current: Any, decay: jax.Array) -> Any:
+  """decay * average + (1 - decay) * current, leaf by leaf (timm's ModelEmaV2: weights and buffers)."""
   return jax.tree.map(lambda a, c: decay * a + (1.0 - decay) * c, average, current)
 
 

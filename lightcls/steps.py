@@ -100,8 +100,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: fl
   if frozen:  # weight decay would still move them
     state = state.replace(params={name: old_params[name] if name in frozen else p
                                   for name, p in state.params.items()})
-  if ema_decay:
-    state = state.replace(ema=optim.ema_update(state.ema, state.variables, ema_decay))
+  if ema_decay:  # state.step now counts this update
+    state = state.replace(ema=optim.ema_update(state.ema, state.variables, optim.ema_decay(ema_decay, state.step)))
   metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
                                                   learning_rate=learning_rate)
   return state, metrics

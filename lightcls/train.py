@@ -221,6 +221,20 @@ def with_initial_weights(state: state_lib.TrainState, config: ml_collections.Con
                        ema=loaded if state.ema is not None else None)
 
 
+def write_epoch(writer, workdir: str, step: int, epoch: int, scalars: dict[str, float], report: dict[str, Any],
+                is_best: bool) -> None:
+  """An epoch's scalars and confusion matrix (TensorBoard, metrics.jsonl) and its class report (the best
+  epoch's is kept as class_report_best too)."""
+  writer.write_scalars(step, {k: v for k, v in scalars.items() if not k.endswith('/examples')} | {'epoch': epoch})
+  writer.write_images(step, {'images/confusion_matrix': metrics_lib.confusion_image(
+      np.asarray(report['confusion_matrix']))[None]})
+  writer.flush()
+  if jax.process_index() == 0:
+    write_class_report(workdir, 'class_report_last', report)
+    if is_best:
+      write_class_report(workdir, 'class_report_best', report)
+
+
 def write_class_report(workdir: str, name: str, report: dict[str, Any]) -> None:
   """`name`.json and `name`.txt in the workdir, each replaced whole (a reader never sees half a file)."""
   for extension, text in (('json', json.dumps(report, indent=1)), ('txt', metrics_lib.report_text(report))):
@@ -309,22 +323,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if state.ema is not None:
         results.update(evaluate(eval_step, state.with_ema_variables(), dataset.eval,
                                 config.train.eval_batch_size, batch_sharding, prefix='eval_ema')[0])
-      train_loss = log.epoch_loss()
-      learning_rate.end_epoch(epoch + 1, {**results, 'train/loss': train_loss})
-      early_stop.end_epoch(epoch + 1, {**results, 'train/loss': train_loss})
+      epoch_results = {**results, 'train/loss': log.epoch_loss()}
+      for controller in (learning_rate, early_stop):
+        controller.end_epoch(epoch + 1, epoch_results)
       meta = _after_eval(meta, results, epoch, step, time.perf_counter() - started)
       meta.update(learning_rate=learning_rate.state_dict(), early_stop=early_stop.state_dict(),
                   stop_reason=learning_rate.stop_reason or early_stop.stop_reason)
-      report = metrics_lib.class_report(logits, labels, dataset.class_names)
-      writer.write_scalars(step, {k: v for k, v in results.items() if not k.endswith('/examples')} |
-                           {'epoch': epoch + 1, 'learning_rate': epoch_rate, 'train/epoch_loss': train_loss})
-      writer.write_images(step, {'images/confusion_matrix': metrics_lib.confusion_image(
-          np.asarray(report['confusion_matrix']))[None]})
-      writer.flush()
-      if jax.process_index() == 0:
-        write_class_report(workdir, 'class_report_last', report)
-        if meta['best_epoch'] == epoch + 1:
-          write_class_report(workdir, 'class_report_best', report)
+      write_epoch(writer, workdir, step, epoch + 1, {**results, 'learning_rate': epoch_rate,
+                                                     'train/epoch_loss': epoch_results['train/loss']},
+                  metrics_lib.class_report(logits, labels, dataset.class_names), meta['best_epoch'] == epoch + 1)
       # After the logs: a run killed in between redoes this epoch and rewrites its rows (writers truncate
       # what lies past the checkpoint it resumes from); the other order could lose them.
       checkpoint.save(manager, step, state, meta, {checkpoint.BEST_METRIC: results['eval/top1']})

@@ -119,6 +119,11 @@ def test_sam_perturbation_equals_its_formula():
                              0.5 * flat_w ** 2 * flat_g / np.linalg.norm(np.abs(flat_w) * flat_g), rtol=1e-5)
 
 
+def test_ema_decay_warms_up_to_its_value():
+  assert [float(optim.ema_decay(0.998, jnp.asarray(t))) for t in (0, 1, 90, 10**6)] == pytest.approx(
+      [0.1, 2 / 11, 0.91, 0.998])
+
+
 def test_ema_update_is_the_moving_average():
   rng = np.random.default_rng(2)
   average, current = tree(rng), tree(rng)

@@ -78,14 +78,15 @@ def test_sam_step_equals_the_two_pass_formula_with_first_pass_batch_statistics(b
   assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(plain)[0], atol=1e-7)
 
 
-def test_weight_average_follows_each_step(batch):
+def test_weight_average_follows_each_step_with_its_decay_warmup(batch):
   config = step_config(ema_decay=0.9)
   state = initial_state(config)
   step = jax.jit(steps.configured_train_step(config, 3))
   average = state.variables
-  for _ in range(3):
+  for t in range(1, 4):  # decays min(0.9, (1 + t) / (10 + t)): 2/11, 3/12, 4/13
     state, _ = step(state, batch, 0.1)
-    average = jax.tree.map(lambda a, c: 0.9 * a + 0.1 * c, average, state.variables)
+    decay = min(0.9, (1 + t) / (10 + t))
+    average = jax.tree.map(lambda a, c: decay * a + (1 - decay) * c, average, state.variables)
   for got, want in zip(jax.tree.leaves(state.ema), jax.tree.leaves(average)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
