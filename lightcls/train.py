@@ -55,14 +55,12 @@ def eval_outputs(eval_step, state: state_lib.TrainState, split: dataset_lib.Spli
                  sharding: NamedSharding) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Logits (M, N, C) and per-example losses (M, N) of each of the M models, and the labels (N,), of every
   example of `split` exactly once, on the host."""
-  logits, losses, labels = [], [], []
   batches = pipeline.eval_batches(split, batch_size, jax.process_index(), jax.process_count())
-  for batch in global_batches(batches, sharding):
-    out = jax.device_get(eval_step(state, batch))
-    logits.append(out['logits'][:, out['mask']])
-    losses.append(out['loss'][:, out['mask']])
-    labels.append(out['label'][out['mask']])
-  return np.concatenate(logits, 1), np.concatenate(losses, 1), np.concatenate(labels)
+  # Every batch is dispatched before any result is fetched, so the device never waits on the host.
+  outputs = jax.device_get([eval_step(state, batch) for batch in global_batches(batches, sharding)])
+  return (np.concatenate([out['logits'][:, out['mask']] for out in outputs], 1),
+          np.concatenate([out['loss'][:, out['mask']] for out in outputs], 1),
+          np.concatenate([out['label'][out['mask']] for out in outputs]))
 
 
 def evaluate(eval_step, state: state_lib.TrainState, split: dataset_lib.Split, batch_size: int,
@@ -71,9 +69,9 @@ def evaluate(eval_step, state: state_lib.TrainState, split: dataset_lib.Split, b
   `{prefix}_peer/...`), and the model's logits and the labels for the class report."""
   logits, losses, labels = eval_outputs(eval_step, state, split, batch_size, sharding)
   results = {}
-  for member, name in zip(range(len(logits)), (prefix, f'{prefix}_peer')):
-    results.update({f'{name}/{k}': v for k, v in metrics_lib.eval_metrics(logits[member], labels,
-                                                                           losses[member]).items()})
+  for name, member_logits, member_losses in zip((prefix, f'{prefix}_peer'), logits, losses):
+    results.update({f'{name}/{k}': v for k, v in metrics_lib.eval_metrics(member_logits, labels,
+                                                                           member_losses).items()})
   results[f'{prefix}/examples'] = len(labels)
   return results, logits[0], labels
 
