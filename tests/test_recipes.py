@@ -7,7 +7,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from lightcls import train
 from tests import reference
@@ -61,12 +60,9 @@ def test_ghostnet_cars_seed_000(tmp_path):
   assert summary['steps'] == 3
 
 
-@pytest.mark.parametrize('variant', ['gray', 'pretrained'])  # the RGB scratch run is `pretrained` without the file
-def test_efficientnet_b0_cars_seed_001(tmp_path, variant):
-  overrides = {'data.data_dir': cars_files(tmp_path / 'cars')}
-  if variant == 'pretrained':
-    overrides['init.checkpoint'] = timm_file(tmp_path, 'efficientnet_b0')
-  config = recipe(f'efficientnet_b0_cars:{variant}', **overrides)
+def test_efficientnet_b0_cars_seed_001_from_timm_weights(tmp_path):
+  config = recipe('efficientnet_b0_cars:pretrained', **{'data.data_dir': cars_files(tmp_path / 'cars'),
+                                                        'init.checkpoint': timm_file(tmp_path, 'efficientnet_b0')})
   summary = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert_one_epoch(summary, str(tmp_path / 'run'))
 
