@@ -21,7 +21,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench_train  # noqa: E402  (the timm model names and the shared train-step setup)
-from lightcls import steps  # noqa: E402
+from lightcls import models, steps  # noqa: E402
 from tests import reference  # noqa: E402
 
 MODELS = 'ghostnet,efficientnet_b0,mobilenet_v3_large,mobilenet_v3_small,mobilenet_v2,mobilenet_v1'
@@ -48,8 +48,9 @@ def lightcls_times(name: str, size: int, batch: int, repeats: int, conv_impl: st
   train_s = bench_train.median_seconds(one_step, repeats)
 
   variables = {'params': holder[0].params, 'batch_stats': holder[0].batch_stats}
-  forward, forward_compile = compiled(jax.jit(lambda v, x: model.apply(v, steps.normalized(x, mean, std),
-                                                                       train=False)), variables, batch_data['image'])
+  forward, forward_compile = compiled(
+      jax.jit(lambda v, x: model.apply(v, steps.normalized(x, mean, std), train=False),
+              compiler_options=models.COMPILER_OPTIONS), variables, batch_data['image'])
   forward_s = bench_train.median_seconds(
       lambda: jax.block_until_ready(forward(variables, batch_data['image'])), repeats)
   return dict(train=train_s, forward=forward_s, train_compile=train_compile, forward_compile=forward_compile)

@@ -54,7 +54,8 @@ def train_setup(name: str, size: int, batch: int, dtype: str = 'float32', small_
   rng = np.random.default_rng(0)
   batches = [{'image': jax.device_put(rng.integers(0, 256, (batch, size, size, 3), np.uint8)),
               'label': jax.device_put(rng.integers(0, 1000, (batch,), np.int32))} for _ in range(num_batches)]
-  step = jax.jit(steps.configured_train_step(config, 1000), donate_argnums=0)
+  step = jax.jit(steps.configured_train_step(config, 1000), donate_argnums=0,
+                 compiler_options=models.COMPILER_OPTIONS)
   return model, state, batches, step
 
 

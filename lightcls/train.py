@@ -299,8 +299,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_texts(0, {'model/parameters': f'{config.model.name}: {num_params:,} parameters'})
 
   train_step = jax.jit(steps.configured_train_step(config, dataset.num_classes, frozen), donate_argnums=0,
-                       out_shardings=(replicated, replicated))
-  eval_step = jax.jit(steps.configured_eval_step(config, dataset.num_classes), out_shardings=replicated)
+                       out_shardings=(replicated, replicated), compiler_options=models.COMPILER_OPTIONS)
+  eval_step = jax.jit(steps.configured_eval_step(config, dataset.num_classes), out_shardings=replicated,
+                      compiler_options=models.COMPILER_OPTIONS)
 
   step = int(state.step)
   log = TrainLog(writer, config.train.log_every_steps, total_steps, num_epochs, batch_size)

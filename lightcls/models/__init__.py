@@ -11,8 +11,11 @@ from typing import Callable
 import flax.linen as nn
 import ml_collections
 
-from lightcls.models import efficientnet, ghostnet, mobilenet
+from lightcls.models import convolutions, efficientnet, ghostnet, mobilenet
 from lightcls.models.layers import CLASSIFIERS, CONV_IMPLS, PADDINGS, LayerConfig
+
+# Options for every jax.jit that runs a model (convolutions.COMPILER_OPTIONS says why).
+COMPILER_OPTIONS = convolutions.COMPILER_OPTIONS
 
 
 def layer_config(config: ml_collections.ConfigDict) -> LayerConfig:

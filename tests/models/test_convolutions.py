@@ -59,3 +59,50 @@ def test_bfloat16_compute_keeps_float32_parameters_and_float32_logits_close():
   reference, logits = jax.jit(f32.apply)(variables, images), jax.jit(bf16.apply)(variables, images)
   assert logits.dtype == jnp.float32
   assert float(jnp.linalg.norm(logits - reference) / jnp.linalg.norm(reference)) < 3e-2
+
+
+@pytest.mark.parametrize('kernel,stride,mode,size', [(3, 2, 'same', 10), (5, 1, 'symmetric', 9)])
+def test_tap_sum_in_bfloat16_equals_xla_within_bfloat16_precision(kernel, stride, mode, size):
+  keys = jax.random.split(jax.random.PRNGKey(7), 3)
+  x = jax.random.normal(keys[0], (2, size, size, 8), jnp.bfloat16)
+  w = jax.random.normal(keys[1], (kernel, kernel, 1, 8), jnp.bfloat16)
+  padding = convolutions.explicit_padding(x.shape[1:3], kernel, stride, mode)
+
+  def outputs(impl):
+    out, vjp = jax.vjp(lambda x, w: convolutions.depthwise_conv(x, w, stride, padding, impl), x, w)
+    return (out, *vjp(jax.random.normal(keys[2], out.shape, jnp.bfloat16)))
+
+  for fast, reference in zip(jax.jit(lambda: outputs('fast'))(), jax.jit(lambda: outputs('xla'))()):
+    assert fast.dtype == reference.dtype == jnp.bfloat16
+    reference = np.asarray(reference, np.float32)
+    # bfloat16 keeps 8 bits of mantissa: a few units of 2^-8 of the largest value, summed over k*k taps
+    # (and, for the filter gradient, over 2*size*size positions, accumulated in float32 here).
+    np.testing.assert_allclose(np.asarray(fast, np.float32), reference, rtol=0,
+                               atol=3e-2 * float(np.abs(reference).max()))
+
+
+def test_pointwise_dot_gradients_equal_the_1x1_convolution_gradients():
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(keys[0], (2, 5, 7, 4))
+  w = jax.random.normal(keys[1], (1, 1, 4, 3))
+  g = jax.random.normal(keys[2], (2, 5, 7, 3))
+
+  def gradients(impl):
+    return jax.vjp(lambda x, w: convolutions.pointwise_conv(x, w, impl), x, w)[1](g)
+
+  for fast, reference in zip(jax.jit(lambda: gradients('fast'))(), jax.jit(lambda: gradients('xla'))()):
+    assert fast.shape == reference.shape
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_compiler_options_keep_the_barrier_that_stops_recomputing_a_tap_sums_input():
+  x = jnp.ones((1, 6, 6, 2))
+  w = jnp.ones((3, 3, 1, 2))
+
+  def depthwise_of_relu(x, w):  # the producer XLA would otherwise fuse into the tap sum, once per tap
+    return convolutions.depthwise_conv(jax.nn.relu(x), w, 1, ((1, 1), (1, 1)), 'fast')
+
+  kept = jax.jit(depthwise_of_relu, compiler_options=convolutions.COMPILER_OPTIONS).lower(x, w).compile()
+  dropped = jax.jit(depthwise_of_relu).lower(x, w).compile()
+  assert 'opt-barrier' in kept.as_text() and 'opt-barrier' not in dropped.as_text()
+  np.testing.assert_array_equal(kept(x, w), dropped(x, w))
