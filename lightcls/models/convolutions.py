@@ -52,35 +52,17 @@ def _output_shape(x: jax.Array, kernel: int, stride: int, padding: Padding) -> t
           _output_size(x.shape[2], kernel, stride, padding[1]))
 
 
-# Two forms of the k*k tap views (the padded input each tap multiplies, at output resolution), each the
-# faster one somewhere on CPU (MobileNetV2, 224 px, batch 32; experiments/RESULTS.md, "CPU speed"):
-# slices of one padded copy of x in the tap sum (3x faster than per-tap pads there) and in the filter
-# gradient's reduction (2.8x); per-tap pads in the input gradient, whose transposes are pads of the output
-# gradient (3x faster than the transposes of strided slices, which pad with interior zeros).
-
+# The tap views are slices of one padded copy of x: in the tap sum 3x faster on CPU than one lax.pad of x
+# per tap, whose bounds tests XLA repeats for every element and tap, and 2.8x in the filter gradient's
+# reduction (MobileNetV2, 224 px, batch 32; experiments/RESULTS.md, "CPU speed").
 def _sliced_taps(x: jax.Array, kernel: int, stride: int, padding: Padding) -> list[jax.Array]:
-  """The views as strided slices of x padded once; row-major over the taps."""
+  """The padded input each tap multiplies, at output resolution, row-major over the taps."""
   height, width = _output_shape(x, kernel, stride, padding)
   padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
   return [lax.slice(padded, (0, a, b, 0),
                     (x.shape[0], a + (height - 1) * stride + 1, b + (width - 1) * stride + 1, x.shape[3]),
                     (1, stride, stride, 1))
           for a in range(kernel) for b in range(kernel)]
-
-
-def _padded_taps(x: jax.Array, kernel: int, stride: int, padding: Padding) -> list[jax.Array]:
-  """The views as one lax.pad of x each (negative pads crop), strided when stride > 1."""
-  height, width = _output_shape(x, kernel, stride, padding)
-  zero = jnp.zeros((), x.dtype)
-  views = []
-  for a in range(kernel):
-    for b in range(kernel):
-      # Tap (a, b) reads rows a - pad_before + stride * i, i < height: pad (or crop) x to exactly that span.
-      rows = (padding[0][0] - a, (height - 1) * stride + a - padding[0][0] - (x.shape[1] - 1), 0)
-      cols = (padding[1][0] - b, (width - 1) * stride + b - padding[1][0] - (x.shape[2] - 1), 0)
-      view = lax.pad(x, zero, ((0, 0, 0), rows, cols, (0, 0, 0)))
-      views.append(lax.slice(view, (0, 0, 0, 0), view.shape, (1, stride, stride, 1)) if stride > 1 else view)
-  return views
 
 
 def _tap_sum(views: list[jax.Array], kernel: jax.Array) -> jax.Array:
@@ -112,9 +94,7 @@ def _depthwise_taps_fwd(x, kernel, stride, padding):
 def _depthwise_taps_bwd(stride, padding, residuals, grad):
   x, kernel = residuals
   grad = _materialized(grad)
-  # The input gradient: the transpose of the tap sum (linear in x), i.e. a sum of pads of `grad`.
-  _, input_vjp = jax.vjp(lambda x_: _tap_sum(_padded_taps(x_, kernel.shape[0], stride, padding), kernel), x)
-  (grad_x,) = input_vjp(grad)
+  grad_x = _input_gradient(grad, kernel, stride, padding, x.shape)
   # The filter gradient: each tap's view times the output gradient, summed over batch and space, in
   # float32 for bf16 inputs (a sum over N*H*W products). One variadic reduction over the width axis makes
   # all k*k sums in a single pass over x and grad (on CPU 6x faster than k*k separate reductions, which
@@ -124,6 +104,46 @@ def _depthwise_taps_bwd(stride, padding, residuals, grad):
   row_sums = lax.reduce(products, [jnp.zeros((), jnp.float32)] * len(products), add_each, (2,))
   grad_kernel = jnp.stack([rows.sum((0, 1)) for rows in row_sums]).reshape(kernel.shape).astype(kernel.dtype)
   return grad_x, grad_kernel
+
+
+def _input_gradient(grad: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                    input_shape: tuple[int, ...]) -> jax.Array:
+  """The tap sum's input gradient, computed by phase of the input rows and columns.
+
+  Input row s*i + r receives only the taps a with a = r + pad_before (mod s), each from `grad` row
+  i + (r + pad_before - a) / s. So each of the s*s phases is a tap sum over shifted views of `grad`, here
+  slices of one padded copy, and the phases interleave into the gradient. Autodiff's transpose of the tap
+  sum pads `grad` once per tap (with interior zeros when s > 1) and tests all k*k taps for every input
+  element: on CPU 2-5x slower (EfficientNet-B0's stride-2 block at 112 px: 102 ms against 20 ms).
+  """
+  k = kernel.shape[0]
+  rows, cols = -(-input_shape[1] // stride), -(-input_shape[2] // stride)
+  phase_taps = {(r, c): [(a, b, (r + padding[0][0] - a) // stride, (c + padding[1][0] - b) // stride)
+                         for a in range(k) for b in range(k)
+                         if (r + padding[0][0] - a) % stride == 0 and (c + padding[1][0] - b) % stride == 0]
+                for r in range(stride) for c in range(stride)}
+  shifts = [(dr, dc) for taps in phase_taps.values() for _, _, dr, dc in taps]
+  # Pad `grad` once so that every shifted view grad[i + dr, j + dc] (i < rows, j < cols) is a slice of it.
+  before = (max(0, -min(dr for dr, _ in shifts)), max(0, -min(dc for _, dc in shifts)))
+  after = (max(0, rows + max(dr for dr, _ in shifts) - grad.shape[1]),
+           max(0, cols + max(dc for _, dc in shifts) - grad.shape[2]))
+  padded = lax.pad(grad, jnp.zeros((), grad.dtype),
+                   ((0, 0, 0), (before[0], after[0], 0), (before[1], after[1], 0), (0, 0, 0)))
+
+  def phase(taps) -> jax.Array:
+    out = jnp.zeros((grad.shape[0], rows, cols, grad.shape[3]), grad.dtype)
+    for a, b, dr, dc in taps:
+      view = lax.slice(padded, (0, before[0] + dr, before[1] + dc, 0),
+                       (grad.shape[0], before[0] + dr + rows, before[1] + dc + cols, grad.shape[3]))
+      out = out + view * kernel[a, b, 0]
+    return out
+
+  if stride == 1:
+    return phase(phase_taps[0, 0])
+  interleaved = jnp.stack([jnp.stack([phase(phase_taps[r, c]) for c in range(stride)], axis=3)
+                           for r in range(stride)], axis=2)  # (N, rows, s, cols, s, C)
+  grad_x = interleaved.reshape(grad.shape[0], rows * stride, cols * stride, grad.shape[3])
+  return grad_x[:, :input_shape[1], :input_shape[2]]
 
 
 def add_each(a: list[jax.Array], b: list[jax.Array]) -> list[jax.Array]:
