@@ -128,34 +128,45 @@ class DepthwiseConv(nn.Module):
                                        self.layer.impl)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def normalized_batch(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def normalized_batch(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, act: str | None = None
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Training-mode BatchNorm over all but the channel axis: (y, batch mean, biased batch variance).
+  """Training-mode BatchNorm over all but the channel axis, then the activation `act` (a name in
+  ACTIVATIONS, or None): (output, batch mean, biased batch variance).
 
-  Statistics in float32 with the two-pass variance E[(x - E[x])^2] (see `batch_norm`); y in x's dtype.
-  The hand-written backward pass keeps only x and two per-channel vectors from the forward pass and makes
-  its two sums in one pass over x and the gradient; autodiff of the same formula stores x - E[x] and makes
-  four sums (on CPU a third of MobileNetV2's train step was BatchNorm). The mean and variance outputs
-  feed only the running statistics: their gradients are taken as zero.
+  Statistics in float32 with the two-pass variance E[(x - E[x])^2] (see `batch_norm`); the output in x's
+  dtype. The hand-written backward pass keeps only x and per-channel vectors from the forward pass,
+  recomputes the normalised x and the activation's derivative where it needs them, and takes the two
+  sums it needs. Autodiff of the same formulas stores x - E[x] and the activation's intermediate values
+  (for swish its sigmoid) and makes four sums: on CPU a third of MobileNetV2's train step was BatchNorm.
+  The mean and variance outputs feed only the running statistics: their gradients are taken as zero.
   """
-  return _normalized_batch_fwd(x, scale, bias, epsilon)[0]
+  return _normalized_batch_fwd(x, scale, bias, epsilon, act)[0]
 
 
-def _normalized_batch_fwd(x, scale, bias, epsilon):
+def _normalized(x, mean, inv, scale, bias):
+  return ((x.astype(jnp.float32) - mean) * (inv * scale) + bias).astype(x.dtype)
+
+
+def _normalized_batch_fwd(x, scale, bias, epsilon, act):
   axes = tuple(range(x.ndim - 1))
   x32 = x.astype(jnp.float32)
   mean = jnp.mean(x32, axes)
   var = jnp.mean(jnp.square(x32 - mean), axes)
   inv = jax.lax.rsqrt(var + epsilon)
-  y = ((x32 - mean) * (inv * scale) + bias).astype(x.dtype)
-  return (y, mean, var), (x, mean, inv, scale)
+  y = _normalized(x, mean, inv, scale, bias)
+  return (ACTIVATIONS[act](y) if act else y, mean, var), (x, mean, inv, scale, bias)
 
 
-def _normalized_batch_bwd(epsilon, residuals, grads):
+def _normalized_batch_bwd(epsilon, act, residuals, grads):
   del epsilon  # only the forward pass adds it
-  x, mean, inv, scale = residuals
-  grad = grads[0].astype(jnp.float32)
+  # The barrier keeps XLA from merging the recomputed activation with the forward pass's, which would
+  # store the activation's intermediate values after all (see COMPILER_OPTIONS).
+  x, mean, inv, scale, bias = jax.lax.optimization_barrier(residuals)
+  grad = grads[0]
+  if act:
+    grad = jax.vjp(ACTIVATIONS[act], _normalized(x, mean, inv, scale, bias))[1](grad)[0]
+  grad = grad.astype(jnp.float32)
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
   centered = x.astype(jnp.float32) - mean
@@ -169,7 +180,8 @@ normalized_batch.defvjp(_normalized_batch_fwd, _normalized_batch_bwd)
 
 
 class BatchNorm(nn.Module):
-  """BatchNorm over the channel axis with nn.BatchNorm's variables, initialisation and momentum.
+  """BatchNorm over the channel axis with nn.BatchNorm's variables, initialisation and momentum, and an
+  optional activation after it (`act`, fused into the training-mode backward pass).
 
   In training, batch statistics (`normalized_batch`) and a running-average update; in evaluation, and
   always inside a frozen top-level block (as Keras' frozen layers), the running statistics.
@@ -179,6 +191,7 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   dtype: jnp.dtype = jnp.float32
   frozen_blocks: tuple[str, ...] = ()
+  act: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -190,17 +203,17 @@ class BatchNorm(nn.Module):
     x = x.astype(self.dtype)
     frozen = bool(self.scope.path) and self.scope.path[0] in self.frozen_blocks
     if not self.training or frozen:
-      inv = jax.lax.rsqrt(running_var.value + self.epsilon)
-      return ((x.astype(jnp.float32) - running_mean.value) * (inv * scale) + bias).astype(self.dtype)
-    y, mean, var = normalized_batch(x, scale, bias, self.epsilon)
+      y = _normalized(x, running_mean.value, jax.lax.rsqrt(running_var.value + self.epsilon), scale, bias)
+      return ACTIVATIONS[self.act](y) if self.act else y
+    y, mean, var = normalized_batch(x, scale, bias, self.epsilon, self.act)
     if not self.is_initializing():
       running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
       running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
     return y
 
 
-def batch_norm(layer: LayerConfig, train: bool, name: str | None = None) -> BatchNorm:
-  """BatchNorm with the model's momentum/eps; statistics span the whole (global, sharded) batch.
+def batch_norm(layer: LayerConfig, train: bool, act: str | None = None, name: str | None = None) -> BatchNorm:
+  """BatchNorm with the model's momentum/eps, then `act`; statistics span the whole (global, sharded) batch.
 
   The variance is computed in two passes, E[(x - E[x])^2], as PyTorch does: Flax's default one-pass
   E[x^2] - E[x]^2 cancels catastrophically when a channel's mean dwarfs its spread (measured: 8e-3
@@ -208,7 +221,7 @@ def batch_norm(layer: LayerConfig, train: bool, name: str | None = None) -> Batc
   no measurable cost on CPU; experiments/RESULTS.md).
   """
   return BatchNorm(training=train, momentum=layer.bn_momentum, epsilon=layer.bn_eps,
-                   dtype=layer.compute_dtype, frozen_blocks=layer.frozen_blocks, name=name)
+                   dtype=layer.compute_dtype, frozen_blocks=layer.frozen_blocks, act=act, name=name)
 
 
 class ConvBNAct(nn.Module):
@@ -225,8 +238,7 @@ class ConvBNAct(nn.Module):
       x = DepthwiseConv(self.kernel, self.stride, self.layer, name='conv')(x)
     else:
       x = Conv(self.features, self.kernel, self.stride, layer=self.layer, name='conv')(x)
-    x = batch_norm(self.layer, train, name='bn')(x)
-    return ACTIVATIONS[self.act](x) if self.act else x
+    return batch_norm(self.layer, train, act=self.act, name='bn')(x)
 
 
 class SqueezeExcite(nn.Module):
