@@ -160,12 +160,13 @@ def _normalized_batch_fwd(x, scale, bias, epsilon, act):
 
 def _normalized_batch_bwd(epsilon, act, residuals, grads):
   del epsilon  # only the forward pass adds it
-  # The barrier keeps XLA from merging the recomputed activation with the forward pass's, which would
-  # store the activation's intermediate values after all (see COMPILER_OPTIONS).
-  x, mean, inv, scale, bias = jax.lax.optimization_barrier(residuals)
+  x, mean, inv, scale, bias = residuals
   grad = grads[0]
   if act:
-    grad = jax.vjp(ACTIVATIONS[act], _normalized(x, mean, inv, scale, bias))[1](grad)[0]
+    # The barrier keeps XLA from merging the recomputed activation with the forward pass's, which would
+    # store the activation's intermediate values after all (see COMPILER_OPTIONS).
+    y = _normalized(*jax.lax.optimization_barrier(residuals))
+    grad = jax.vjp(ACTIVATIONS[act], y)[1](grad)[0]
   grad = grad.astype(jnp.float32)
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
