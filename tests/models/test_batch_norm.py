@@ -30,14 +30,20 @@ def _outputs(apply, variables, x):
   return y, updates, grads
 
 
-def test_training_mode_equals_flax_batch_norm_outputs_statistics_and_gradients():
+@pytest.mark.parametrize('act', [None, 'relu6', 'swish', 'hard_swish'])
+def test_training_mode_equals_flax_batch_norm_then_activation_outputs_statistics_and_gradients(act):
   variables, x = _variables_and_input(jnp.float32)
-  ours = layers.BatchNorm(training=True, momentum=0.9, epsilon=1e-3)
+  ours = layers.BatchNorm(training=True, momentum=0.9, epsilon=1e-3, act=act)
   flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3, use_fast_variance=False)
+  activation = layers.ACTIVATIONS[act] if act else (lambda y: y)
+
+  def flax_apply(v, x):
+    y, updates = flax_bn.apply(v, x, mutable=['batch_stats'])
+    return activation(y), updates
+
   assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, variables)
   got = jax.jit(lambda v, x: _outputs(lambda v, x: ours.apply(v, x, mutable=['batch_stats']), v, x))(variables, x)
-  want = jax.jit(lambda v, x: _outputs(lambda v, x: flax_bn.apply(v, x, mutable=['batch_stats']), v, x))(
-      variables, x)
+  want = jax.jit(lambda v, x: _outputs(flax_apply, v, x))(variables, x)
   for ours_leaf, flax_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(ours_leaf, flax_leaf, rtol=1e-5, atol=1e-5 * float(jnp.abs(flax_leaf).max()))
   assert float(jnp.abs(got[2][1]).max()) > 0  # the input gradient is compared, not two zeros
