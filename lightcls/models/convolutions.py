@@ -101,7 +101,7 @@ def _depthwise_taps_bwd(stride, padding, residuals, grad):
   # each read both again); the remaining sum over N and H is small.
   grad_f32 = grad.astype(jnp.float32)
   products = [view.astype(jnp.float32) * grad_f32 for view in _sliced_taps(x, kernel.shape[0], stride, padding)]
-  row_sums = lax.reduce(products, [jnp.zeros((), jnp.float32)] * len(products), add_each, (2,))
+  row_sums = lax.reduce(products, [jnp.zeros((), jnp.float32)] * len(products), _add_each, (2,))
   grad_kernel = jnp.stack([rows.sum((0, 1)) for rows in row_sums]).reshape(kernel.shape).astype(kernel.dtype)
   return grad_x, grad_kernel
 
@@ -146,7 +146,7 @@ def _input_gradient(grad: jax.Array, kernel: jax.Array, stride: int, padding: Pa
   return grad_x[:, :input_shape[1], :input_shape[2]]
 
 
-def add_each(a: list[jax.Array], b: list[jax.Array]) -> list[jax.Array]:
+def _add_each(a: list[jax.Array], b: list[jax.Array]) -> list[jax.Array]:
   """Elementwise sums of two lists: the computation of a variadic lax.reduce of sums."""
   return [p + q for p, q in zip(a, b)]
 
