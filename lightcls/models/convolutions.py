@@ -83,7 +83,7 @@ def _materialized(x: jax.Array) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
   """Depthwise convolution as a sum of shifted inputs; kernel (k, k, 1, C) as nn.Conv's."""
-  return _tap_sum(_sliced_taps(_materialized(x), kernel.shape[0], stride, padding), kernel)
+  return _depthwise_taps_fwd(x, kernel, stride, padding)[0]
 
 
 def _depthwise_taps_fwd(x, kernel, stride, padding):
@@ -118,9 +118,9 @@ def _input_gradient(grad: jax.Array, kernel: jax.Array, stride: int, padding: Pa
   """
   k = kernel.shape[0]
   rows, cols = -(-input_shape[1] // stride), -(-input_shape[2] // stride)
-  phase_taps = {(r, c): [(a, b, (r + padding[0][0] - a) // stride, (c + padding[1][0] - b) // stride)
-                         for a in range(k) for b in range(k)
-                         if (r + padding[0][0] - a) % stride == 0 and (c + padding[1][0] - b) % stride == 0]
+  # Per phase: (tap a, tap b, row shift, column shift) of the taps that reach it.
+  phase_taps = {(r, c): [(a, b, dr, dc) for a, dr in _phase_shifts(r, padding[0][0], k, stride)
+                         for b, dc in _phase_shifts(c, padding[1][0], k, stride)]
                 for r in range(stride) for c in range(stride)}
   shifts = [(dr, dc) for taps in phase_taps.values() for _, _, dr, dc in taps]
   # Pad `grad` once so that every shifted view grad[i + dr, j + dc] (i < rows, j < cols) is a slice of it.
@@ -144,6 +144,12 @@ def _input_gradient(grad: jax.Array, kernel: jax.Array, stride: int, padding: Pa
                            for r in range(stride)], axis=2)  # (N, rows, s, cols, s, C)
   grad_x = interleaved.reshape(grad.shape[0], rows * stride, cols * stride, grad.shape[3])
   return grad_x[:, :input_shape[1], :input_shape[2]]
+
+
+def _phase_shifts(phase: int, pad_before: int, kernel: int, stride: int) -> list[tuple[int, int]]:
+  """(tap, shift) for the taps that reach input positions stride * i + phase, from grad[i + shift]."""
+  return [(tap, (phase + pad_before - tap) // stride) for tap in range(kernel)
+          if (phase + pad_before - tap) % stride == 0]
 
 
 def _add_each(a: list[jax.Array], b: list[jax.Array]) -> list[jax.Array]:

@@ -134,5 +134,5 @@ class GhostNet(nn.Module):
     if self.head == 'thesis':  # bias-free dense layer, BatchNorm, ReLU
       x = nn.Dense(self.head_features, use_bias=False, dtype=self.layer.compute_dtype, param_dtype=jnp.float32,
                    name='head')(x)
-      return nn.relu(batch_norm(self.layer, train, name='head_bn')(x))
+      return batch_norm(self.layer, train, act='relu', name='head_bn')(x)
     raise ValueError(f'unknown GhostNet head {self.head!r}; choose one of {HEADS}')
