@@ -158,4 +158,17 @@ def get_config() -> ml_collections.ConfigDict:
   train.total_steps = placeholder(int)
   train.log_every_steps = 50
   train.keep_best = 1                 # best checkpoints kept besides the latest
+
+  # python -m lightcls.export takes its defaults from here; with formats set, the run exports its best
+  # checkpoint when training ends (see README, "Deploy").
+  config.export = export = ml_collections.ConfigDict()
+  export.formats = ()                 # any of tflite | onnx | savedmodel
+  export.quantize = 'float32'         # float32 | float16 | int8 (post-training, calibrated on training images)
+  export.batch = 1                    # the exported model's batch size; 0: any (dynamic)
+  export.raw_input = False            # input uint8 RGB pixels, resized and normalised inside the model
+  export.input_size = placeholder(tuple)  # raw_input: (height, width) fed to the model (None: image_size)
+  export.verify_images = 64           # validation images the export is checked on against the JAX model
+  export.calibration_images = 200     # int8: training images that calibrate the activation ranges
+  export.tolerance = placeholder(float)  # max |probability difference| (None: 1e-3 float32, 2e-2 float16)
+  export.max_top1_drop = 0.05         # int8: the most top-1 accuracy it may lose on the verification images
   return config

@@ -15,14 +15,14 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and what to set instead."""
 
 
-def _choice(key: str, value: str, choices: Sequence[str]) -> None:
+def choice(key: str, value: str, choices: Sequence[str]) -> None:
   if value not in choices:
     close = difflib.get_close_matches(str(value), choices, n=1)
     hint = f' Did you mean {close[0]!r}?' if close else ''
     raise ConfigError(f'config.{key}={value!r} is not one of {sorted(choices)}.{hint}')
 
 
-def _positive(key: str, value: float | None, allow_none: bool = False) -> None:
+def positive(key: str, value: float | None, allow_none: bool = False) -> None:
   if value is None and allow_none:
     return
   if value is None or value <= 0:
@@ -33,32 +33,34 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   """Raises ConfigError for a config that cannot run; cheap (no data, no compilation)."""
   from lightcls import losses, models, optim, schedules
   from lightcls.data import augment, sources
-  _choice('model.name', config.model.name, list(models.MODELS))
-  _choice('model.padding', config.model.padding, models.PADDINGS)
-  _choice('model.dtype', config.model.dtype, DTYPES)
-  _choice('model.conv_impl', config.model.conv_impl, models.CONV_IMPLS)
-  _choice('model.head', config.model.head, models.HEADS)
-  _choice('data.source', config.data.source, list(sources.SOURCES) + ['arrays'])
-  _choice('optimizer.name', config.optimizer.name, list(optim.OPTIMIZERS))
-  _choice('schedule.name', config.schedule.name, schedules.SCHEDULES)
-  _choice('loss.name', config.loss.name, losses.LOSSES)
-  _choice('freeze.trainable', config.freeze.trainable, optim.TRAINABLE)
+  choice('model.name', config.model.name, list(models.MODELS))
+  choice('model.padding', config.model.padding, models.PADDINGS)
+  choice('model.dtype', config.model.dtype, DTYPES)
+  choice('model.conv_impl', config.model.conv_impl, models.CONV_IMPLS)
+  choice('model.head', config.model.head, models.HEADS)
+  choice('data.source', config.data.source, list(sources.SOURCES) + ['arrays'])
+  choice('optimizer.name', config.optimizer.name, list(optim.OPTIMIZERS))
+  choice('schedule.name', config.schedule.name, schedules.SCHEDULES)
+  choice('loss.name', config.loss.name, losses.LOSSES)
+  choice('freeze.trainable', config.freeze.trainable, optim.TRAINABLE)
   if config.init.required and not config.init.checkpoint:
     raise ConfigError('config.init.required=True: this recipe fine-tunes pretrained weights; give them with '
                       '--config.init.checkpoint=FILE (see the config\'s docstring for which file).')
   if config.init.checkpoint and not os.path.exists(config.init.checkpoint):
     raise ConfigError(f'config.init.checkpoint={config.init.checkpoint!r}: no such file or directory.')
   if config.freeze.trainable == 'last_blocks':
-    _positive('freeze.last_blocks', config.freeze.last_blocks)
+    positive('freeze.last_blocks', config.freeze.last_blocks)
   if config.data.source == 'tfds' and not config.data.name:
     raise ConfigError("config.data.name must name the tfds dataset when data.source='tfds' (e.g. 'cifar10').")
   _validate_data(config.data)
+  from lightcls import export
+  export.check(config.export)
   if len(config.data.mean) != len(config.data.std):
     raise ConfigError(f'config.data.mean {config.data.mean} and config.data.std {config.data.std} '
                       'must have the same length (one value per channel, or one for all).')
   if any(s <= 0 for s in config.data.std):
     raise ConfigError(f'config.data.std must be positive; got {config.data.std}.')
-  _choice('model.classifier', config.model.classifier, models.CLASSIFIERS)
+  choice('model.classifier', config.model.classifier, models.CLASSIFIERS)
   for check in (lambda: optim.check(config.optimizer), lambda: schedules.check(config.schedule, config.early_stop),
                 lambda: losses.check(config)):
     try:  # each module names its own bad key
@@ -81,12 +83,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     raise ConfigError(f'config.{error}') from None
   for key in ('data.image_size', 'model.width', 'optimizer.lr', 'train.log_every_steps', 'train.keep_best'):
     section, name = key.split('.')
-    _positive(key, config[section][name])
-  _positive('train.total_epochs', config.train.total_epochs, allow_none=config.train.total_steps is not None)
-  _positive('train.total_steps', config.train.total_steps, allow_none=True)
+    positive(key, config[section][name])
+  positive('train.total_epochs', config.train.total_epochs, allow_none=config.train.total_steps is not None)
+  positive('train.total_steps', config.train.total_steps, allow_none=True)
   for key in ('batch_size', 'eval_batch_size'):
     size = config.train[key]
-    _positive(f'train.{key}', size)
+    positive(f'train.{key}', size)
     if size % device_count:
       raise ConfigError(f'config.train.{key}={size} must be a multiple of the {device_count} devices '
                         f'(e.g. {math.ceil(size / device_count) * device_count}).')
@@ -94,8 +96,8 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
 
 def _validate_data(data: ml_collections.ConfigDict) -> None:
   from lightcls.data import pipeline
-  _choice('data.train_resize', data.train_resize, pipeline.RESIZE_MODES)
-  _choice('data.eval_resize', data.eval_resize, pipeline.RESIZE_MODES)
+  choice('data.train_resize', data.train_resize, pipeline.RESIZE_MODES)
+  choice('data.eval_resize', data.eval_resize, pipeline.RESIZE_MODES)
   if not 0.0 <= data.val_fraction < 1.0:
     raise ConfigError(f'config.data.val_fraction must be in [0, 1) (0: the official eval split); '
                       f'got {data.val_fraction}.')

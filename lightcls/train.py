@@ -21,7 +21,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lightcls import checkpoint, config_utils, metrics as metrics_lib, models, optim, schedules, state as state_lib
-from lightcls import steps, writers
+from lightcls import export, steps, writers
 from lightcls.data import dataset as dataset_lib, pipeline, sources
 from lightcls.metrics import TrainMetrics
 from lightcls.models import convert, mutual
@@ -252,7 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if dataset is None and config.data.source == 'arrays':
     raise config_utils.ConfigError("config.data.source='arrays' takes its data from the caller: pass "
                                    'dataset=lightcls.data.sources.from_arrays(...) to train_and_evaluate.')
-  dataset, data_report = pipeline.prepared(dataset or sources.load(config.data), config.data)
+  source = dataset or sources.load(config.data)
+  dataset, data_report = pipeline.prepared(source, config.data)
   check_data(config, dataset)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -350,6 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   summary = _summary(config, meta, num_params, step)
   if jax.process_index() == 0:
     _write_json(workdir, 'summary.json', summary)
+    for fmt in config.export.formats:
+      export.export(workdir, export.Options.of(config.export, fmt), dataset=source)
   logging.info('Done: best eval top-1 %.2f%% at epoch %d; %s parameters; %s of training.',
                100 * summary['best_top1'], summary['best_epoch'], f'{num_params:,}',
                _duration(summary['train_seconds']))

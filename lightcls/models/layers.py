@@ -13,6 +13,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lightcls.models import convolutions
 
@@ -60,6 +61,8 @@ class LayerConfig:
   "SAME" padding, asymmetric on stride 2. conv_impl: how depthwise and 1x1 convolutions are computed
   ('auto': the measured fastest for the backend, see `impl`). frozen_blocks: top-level blocks whose
   BatchNorm layers always use (and never update) their running statistics, as Keras' frozen layers do.
+  fold_batch_norm: each ConvBNAct is a convolution with a bias and no BatchNorm, for inference and export
+  with variables from `folded_batch_norm`.
   """
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
@@ -67,6 +70,7 @@ class LayerConfig:
   dtype: str = 'float32'
   conv_impl: str = 'auto'
   frozen_blocks: tuple[str, ...] = ()
+  fold_batch_norm: bool = False
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -117,6 +121,7 @@ class DepthwiseConv(nn.Module):
   """A k x k depthwise convolution (one filter per channel); kernel (k, k, 1, C) as nn.Conv's."""
   kernel: int = 3
   stride: int = 1
+  use_bias: bool = False
   layer: LayerConfig = LayerConfig()
 
   @nn.compact
@@ -124,8 +129,10 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', kernel_init(), (self.kernel, self.kernel, 1, x.shape[-1]), jnp.float32)
     dtype = self.layer.compute_dtype
     padding = convolutions.explicit_padding(x.shape[1:3], self.kernel, self.stride, self.layer.padding)
-    return convolutions.depthwise_conv(x.astype(dtype), kernel.astype(dtype), self.stride, padding,
-                                       self.layer.impl)
+    y = convolutions.depthwise_conv(x.astype(dtype), kernel.astype(dtype), self.stride, padding, self.layer.impl)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (x.shape[-1],), jnp.float32).astype(dtype)
+    return y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -235,11 +242,40 @@ class ConvBNAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    folded = self.layer.fold_batch_norm
     if self.features is None:
-      x = DepthwiseConv(self.kernel, self.stride, self.layer, name='conv')(x)
+      x = DepthwiseConv(self.kernel, self.stride, folded, self.layer, name='conv')(x)
     else:
-      x = Conv(self.features, self.kernel, self.stride, layer=self.layer, name='conv')(x)
+      x = Conv(self.features, self.kernel, self.stride, folded, self.layer, name='conv')(x)
+    if folded:
+      return ACTIVATIONS[self.act](x) if self.act else x
     return batch_norm(self.layer, train, act=self.act, name='bn')(x)
+
+
+def folded_batch_norm(variables: dict, epsilon: float) -> dict:
+  """`variables` of a model for the same model built with `LayerConfig(fold_batch_norm=True)`: each
+  ConvBNAct's BatchNorm, in evaluation mode y = (x - mean) * scale / sqrt(var + eps) + bias, becomes a
+  per-output-channel factor on its convolution's kernel and a bias. Other BatchNorm layers are kept.
+  Computed with numpy on the host: a one-off that op-by-op dispatch would make take seconds."""
+
+  def fold(params: dict, stats: dict) -> tuple[dict, dict]:
+    if 'conv' in params and 'bn' in params:  # a ConvBNAct (no other module has both children)
+      bn, moments = jax.tree.map(np.asarray, (params['bn'], stats['bn']))
+      factor = bn['scale'] / np.sqrt(moments['var'] + np.float32(epsilon))
+      return {'conv': {'kernel': np.asarray(params['conv']['kernel']) * factor,
+                       'bias': bn['bias'] - moments['mean'] * factor}}, {}
+    new_params, new_stats = {}, {}
+    for name, value in params.items():
+      if isinstance(value, dict):
+        value, inner = fold(value, stats.get(name, {}))
+        if inner:
+          new_stats[name] = inner
+      new_params[name] = value
+    new_stats.update({k: v for k, v in stats.items() if k not in params})
+    return new_params, new_stats
+
+  params, stats = fold(variables['params'], variables.get('batch_stats', {}))
+  return {'params': params, 'batch_stats': stats} if stats else {'params': params}
 
 
 class SqueezeExcite(nn.Module):
