@@ -7,7 +7,6 @@ import logging as python_logging
 import os
 import sys
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -71,5 +70,6 @@ class OwnInfoOnly:
 
 def use_compilation_cache() -> None:
   # Compiling a convnet takes tens of seconds on CPU; reuse compiled programs across runs.
+  import jax  # here: predicting with an exported model runs without JAX
   jax.config.update('jax_compilation_cache_dir',
                     os.environ.get('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/lightcls/jax')))

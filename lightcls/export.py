@@ -145,9 +145,10 @@ def _image_shape(model: nn.Module, variables: dict[str, Any], size: int) -> tupl
                    'channels: was config.json edited after training?')
 
 
-def read_run(workdir: str, step: int | None = None, ema: bool = False) -> Run:
+def read_run(workdir: str, step: int | None = None, ema: bool = False, conv_impl: str = 'xla') -> Run:
   """The run in `workdir` at checkpoint `step` (None: the best), as a model for inference. Of a
-  mutual-learning run, its model (member 0); with `ema`, the moving average of the weights."""
+  mutual-learning run, its model (member 0); with `ema`, the moving average of the weights. `conv_impl`
+  'xla' (XLA's convolutions, which exporters convert), or 'auto' to run it fast in JAX."""
   config = run_config(workdir)
   state, meta, step = _checkpoint(workdir, step)
   if ema and not state.get('ema'):
@@ -161,7 +162,8 @@ def read_run(workdir: str, step: int | None = None, ema: bool = False) -> Run:
   layer = models.layer_config(config.model)
   model = models.create_model(config.model, len(class_names))
   image_shape = _image_shape(model, variables, config.data.image_size)
-  inference = model.clone(layer=dataclasses.replace(layer, conv_impl='xla', dtype='float32', fold_batch_norm=True))
+  inference = model.clone(layer=dataclasses.replace(layer, conv_impl=conv_impl, dtype='float32',
+                                                    fold_batch_norm=True))
   top1 = meta.get('last_eval', {}).get('eval_ema/top1' if ema else 'eval/top1')
   return Run(workdir, config, class_names, image_shape, inference,
              layers.folded_batch_norm(variables, config.model.bn_eps),
