@@ -196,9 +196,9 @@ def _center_square(x: jax.Array) -> jax.Array:
   return x[:, top:top + side, left:left + side]
 
 
-def raw_pixels_function(run: Run, input_size: tuple[int, int]) -> Callable[[jax.Array], jax.Array]:
-  """uint8 RGB (N, height, width, 3) -> probabilities: grayscale (if the model is), the evaluation's resize
-  (stretch, or the central square for center_crop), normalisation, the model."""
+def raw_preprocessing(run: Run, input_size: tuple[int, int]) -> Callable[[jax.Array], jax.Array]:
+  """uint8 RGB (N, height, width, 3) -> the model's normalised input, as evaluation prepares it: grayscale
+  (if the model is), the evaluation's resize (stretch, or the central square for center_crop)."""
   size, _, channels = run.image_shape
   mean, std = np.asarray(run.config.data.mean, np.float32), np.asarray(run.config.data.std, np.float32)
   crop = run.config.data.eval_resize == 'center_crop' and input_size[0] != input_size[1]
@@ -206,7 +206,7 @@ def raw_pixels_function(run: Run, input_size: tuple[int, int]) -> Callable[[jax.
   rows = resize_matrix(side or input_size[0], size)
   columns = resize_matrix(side or input_size[1], size)
 
-  def probabilities(pixels: jax.Array) -> jax.Array:
+  def preprocess(pixels: jax.Array) -> jax.Array:
     x = pixels.astype(jnp.float32)
     if channels == 1:
       x = _times_last_axis(x, np.asarray(LUMA, np.float32)[:, None])
@@ -215,8 +215,14 @@ def raw_pixels_function(run: Run, input_size: tuple[int, int]) -> Callable[[jax.
     if x.shape[1:3] != (size, size):
       x = jnp.moveaxis(_times_last_axis(jnp.moveaxis(x, 1, -1), rows.T), -1, 1)
       x = jnp.moveaxis(_times_last_axis(jnp.moveaxis(x, 2, -1), columns.T), -1, 2)
-    return run.apply((x / 255.0 - mean) / std)
-  return probabilities
+    return (x / 255.0 - mean) / std
+  return preprocess
+
+
+def raw_pixels_function(run: Run, input_size: tuple[int, int]) -> Callable[[jax.Array], jax.Array]:
+  """uint8 RGB (N, height, width, 3) -> probabilities: `raw_preprocessing`, then the model."""
+  preprocess = raw_preprocessing(run, input_size)
+  return lambda pixels: run.apply(preprocess(pixels))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,7 +384,9 @@ def write_onnx(fn: Callable, spec: jax.ShapeDtypeStruct, path: str, quantize: st
     else:
       from onnxruntime import quantization
       prepared_path = os.path.join(scratch, 'prepared.onnx')
-      quantization.quant_pre_process(float_path, prepared_path)
+      # onnxruntime's symbolic shape inference fails on tf2onnx's dynamic-batch shape arithmetic; ONNX's own
+      # shape inference is enough for quantization.
+      quantization.quant_pre_process(float_path, prepared_path, skip_symbolic_shape=True)
       name = onnx.load(prepared_path).graph.input[0].name
       quantization.quantize_static(prepared_path, path, _Calibration(name, calibration, spec.shape[0] or 1),
                                    quant_format=quantization.QuantFormat.QDQ, per_channel=True)

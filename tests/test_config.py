@@ -21,6 +21,9 @@ from lightcls.config_utils import ConfigError
     ('loss.label_smoothing', 1.0, r'\[0, 1\)'),
     ('train.batch_size', 0, 'positive'),
     ('optimizer.lr', -1.0, 'positive'),
+    ('export.quantize', 'int4', "'int8'"),
+    ('export.input_size', (480, 640), 'raw_input=True'),
+    ('export.batch', -1, '0 for any batch'),
 ])
 def test_validate_names_the_key_and_the_valid_choices(key, value, message):
   config = default.get_config()
@@ -29,6 +32,16 @@ def test_validate_names_the_key_and_the_valid_choices(key, value, message):
   with pytest.raises(ConfigError, match=message) as error:
     config_utils.validate(config)
   assert f'config.{key}' in str(error.value)
+
+
+def test_export_formats_are_checked_one_by_one_and_a_savedmodel_is_float32_only():
+  config = default.get_config()
+  config.export.formats = ('tflite', 'tfjs')
+  with pytest.raises(ConfigError, match=r"config.export.formats='tfjs' is not one of \['onnx', 'savedmodel'"):
+    config_utils.validate(config)
+  config.export.formats, config.export.quantize = ('savedmodel',), 'int8'
+  with pytest.raises(ConfigError, match='SavedModel is float32 only'):
+    config_utils.validate(config)
 
 
 def test_batch_must_divide_over_devices():
