@@ -9,6 +9,12 @@
 cars_train.tgz + cars_test.tgz + car_devkit.tgz + cars_test_annos_withlabels.mat. The official test split
 is the eval split, as in the thesis. At most 200 epochs; as in the thesis the run stops once the eval loss
 has not improved for 15 epochs (C-50 reached its best at epoch 129), and the best checkpoint is kept.
+
+The thesis' goal is a phone app that names a car from a photo: when training ends the best checkpoint is
+exported as an int8 TFLite model that takes camera pixels (uint8 RGB, 480x640) and resizes and normalises
+them itself, into runs/ghostnet_cars/export/tflite-int8-raw/ with labels.txt (the devkit's class names).
+Try it on photos with
+  python -m lightcls.predict --model=runs/ghostnet_cars/export/tflite-int8-raw/model.tflite my_photos/
 """
 from configs import default
 
@@ -38,4 +44,8 @@ def get_config():
   config.early_stop.monitor = 'eval/loss'
   config.train.batch_size = 64
   config.train.total_epochs = 200.0
+  config.export.formats = ('tflite',)
+  config.export.quantize = 'int8'
+  config.export.raw_input = True
+  config.export.input_size = (480, 640)
   return config

@@ -242,6 +242,22 @@ def write_class_report(workdir: str, name: str, report: dict[str, Any]) -> None:
     os.replace(path + '.tmp', path)
 
 
+def exports(config: ml_collections.ConfigDict, workdir: str, source: dataset_lib.Dataset) -> dict[str, str]:
+  """Exports the best checkpoint in each of `config.export.formats`: {name: folder, or why it failed}. A
+  failed export is logged, not raised: the training it follows is complete and saved."""
+  done = {}
+  for fmt in config.export.formats:
+    options = export.Options.of(config.export, fmt)
+    try:
+      export.export(workdir, options, dataset=source)
+      done[options.name] = os.path.join(workdir, 'export', options.name)
+    except export.ExportError as error:
+      logging.error('Export %s failed: %s Retry with python -m lightcls.export --workdir=%s.', options.name, error,
+                    workdir)
+      done[options.name] = f'failed: {error}'
+  return done
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: dataset_lib.Dataset | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the final summary.
@@ -351,8 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   summary = _summary(config, meta, num_params, step)
   if jax.process_index() == 0:
     _write_json(workdir, 'summary.json', summary)
-    for fmt in config.export.formats:
-      export.export(workdir, export.Options.of(config.export, fmt), dataset=source)
+    if config.export.formats:  # after the summary is safe: an export can take minutes
+      summary['exports'] = exports(config, workdir, source)
+      _write_json(workdir, 'summary.json', summary)
   logging.info('Done: best eval top-1 %.2f%% at epoch %d; %s parameters; %s of training.',
                100 * summary['best_top1'], summary['best_epoch'], f'{num_params:,}',
                _duration(summary['train_seconds']))

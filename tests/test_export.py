@@ -43,6 +43,7 @@ def _read(path):
 def test_training_with_export_formats_exports_the_best_checkpoint_when_it_ends(run, reference):
   folder = os.path.join(run, 'export', 'tflite-float32')
   card, result = _read(os.path.join(folder, 'model_card.json')), _read(os.path.join(run, 'summary.json'))
+  assert result['exports'] == {'tflite-float32': folder}
   assert card['checkpoint']['step'] == result['best_step']
   assert card['validation_top1'] == result['best_top1']
   assert card['params'] == result['params']

@@ -1,7 +1,7 @@
 """Each seed recipe of configs/ runs end to end for one epoch on stand-in data of its own source: generated
 Stanford Cars archives, tfds datasets by name under tfds.testing.mock_data, generated IDX files; the
 pretrained variants start from generated reference weight files. Images are 32 px and batches small; every
-other key is the recipe's own. (Variants that only change values are validated in test_config.py.)"""
+other key is the recipe's own but the export after training. (Variants that only change values are validated in test_config.py.)"""
 import importlib
 import json
 import os
@@ -14,7 +14,8 @@ from tests.data.test_cars import _updated_release
 from tests.data.test_idx import _mnist_dir
 
 SMALL = {'data.image_size': 32, 'data.cache_dir': None, 'train.batch_size': 4, 'train.eval_batch_size': 4,
-         'train.total_epochs': 1.0, 'train.log_every_steps': 1}
+         'train.total_epochs': 1.0, 'train.log_every_steps': 1,
+         'export.formats': ()}  # exporting after training: tests/test_export.py
 
 
 def recipe(name: str, **overrides):
