@@ -68,6 +68,9 @@ def check(export: ml_collections.ConfigDict) -> None:
   config_utils.positive('export.verify_images', export.verify_images)
   if export.quantize == 'int8':
     config_utils.positive('export.calibration_images', export.calibration_images)
+    if export.batch > export.calibration_images:
+      raise config_utils.ConfigError(f'config.export.calibration_images={export.calibration_images} is less than '
+                                     f'one batch of the int8 model (config.export.batch={export.batch}); raise it.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +319,9 @@ def write_tflite(fn: Callable, spec: jax.ShapeDtypeStruct, path: str, quantize: 
     converter.target_spec.supported_types = [tf.float16]
   elif quantize == 'int8':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+    batch = spec.shape[0] or 1  # a fixed-batch graph takes calibration batches of its own size
+    converter.representative_dataset = lambda: ([calibration[i:i + batch]]
+                                                for i in range(0, len(calibration) - batch + 1, batch))
   with open(path, 'wb') as f:
     f.write(converter.convert())
 
