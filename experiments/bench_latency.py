@@ -9,8 +9,9 @@ lightcls: each model (random weights, random BatchNorm statistics, BatchNorm fol
 (one export per batch size; batch 1 is the phone case) and run by `lightcls.deployed.load`: LiteRT for .tflite,
 onnxruntime for .onnx. timm: `timm.create_model(name).eval()` (plus the same softmax), `torch.onnx.export`
 (TorchScript exporter, opset 17, fixed batch, NCHW) run by onnxruntime. int8 on the onnxruntime side is the same
-recipe for both (quant_pre_process, then quantize_static: QDQ, per-channel weights); LiteRT's int8 is the TFLite
-converter's full-integer quantization of the weights and activations (float32 input and output).
+recipe for both (`lightcls.export.quantized_onnx`: QDQ, per-channel int8 weights, uint8 activations); LiteRT's
+int8 is the TFLite converter's full-integer quantization of the weights and activations (float32 input and
+output).
 
 Calibration uses random normal model inputs (--calibration_images of them, the same on both sides): activation
 ranges do not change the latency. Whether int8 keeps the accuracy is checked by the export on real images, not
@@ -120,22 +121,8 @@ def write_timm(name: str, size: int, batch: int, path: str, quantize: str, calib
     torch.onnx.export(model, (example,), float_path, input_names=['images'], output_names=['probabilities'],
                       opset_version=export.ONNX_OPSET, dynamo=False)
     if quantize == 'int8':
-      from onnxruntime import quantization
-      prepared = os.path.join(scratch, 'prepared.onnx')
-      quantization.quant_pre_process(float_path, prepared)
-      quantization.quantize_static(prepared, path, Calibration('images', calibration, batch),
-                                   quant_format=quantization.QuantFormat.QDQ, per_channel=True)
+      export.quantized_onnx(float_path, path, calibration, batch)
   return expected
-
-
-class Calibration:
-  """onnxruntime's CalibrationDataReader protocol over an array, one model batch at a time."""
-
-  def __init__(self, name: str, images: np.ndarray, batch: int):
-    self.batches = iter({name: images[i:i + batch]} for i in range(0, len(images) - batch + 1, batch))
-
-  def get_next(self):
-    return next(self.batches, None)
 
 
 def runtime_call(model: deployed.Deployed):

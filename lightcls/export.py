@@ -312,8 +312,11 @@ def _tf_function(fn: Callable, spec: jax.ShapeDtypeStruct):
 def write_tflite(fn: Callable, spec: jax.ShapeDtypeStruct, path: str, quantize: str,
                  calibration: np.ndarray | None) -> None:
   import tensorflow as tf
-  function = _tf_function(fn, spec)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+  forms = {'hard_swish': layers.clamped_hard_swish} if quantize == 'int8' else {}
+  with layers.activation_forms(**forms):  # the model is traced here: through a new function object, so
+    function = _tf_function(lambda images: fn(images), spec)  # that no earlier trace of `fn` is reused
+    concrete = function.get_concrete_function()
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], function)
   if quantize == 'float16':
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_types = [tf.float16]
@@ -387,14 +390,26 @@ def write_onnx(fn: Callable, spec: jax.ShapeDtypeStruct, path: str, quantize: st
       from onnxruntime.transformers.float16 import convert_float_to_float16
       onnx.save(convert_float_to_float16(onnx.load(float_path), keep_io_types=True), path)
     else:
-      from onnxruntime import quantization
-      prepared_path = os.path.join(scratch, 'prepared.onnx')
-      # onnxruntime's symbolic shape inference fails on tf2onnx's dynamic-batch shape arithmetic; ONNX's own
-      # shape inference is enough for quantization.
-      quantization.quant_pre_process(float_path, prepared_path, skip_symbolic_shape=True)
-      name = onnx.load(prepared_path).graph.input[0].name
-      quantization.quantize_static(prepared_path, path, _Calibration(name, calibration, spec.shape[0] or 1),
-                                   quant_format=quantization.QuantFormat.QDQ, per_channel=True)
+      quantized_onnx(float_path, path, calibration, spec.shape[0] or 1)
+
+
+def quantized_onnx(source: str, path: str, calibration: np.ndarray, batch: int) -> None:
+  """The float32 ONNX model `source` as int8 at `path`, activation ranges calibrated on `calibration`
+  (model inputs, `batch` at a time): QDQ with per-channel int8 weights and uint8 activations, the pair
+  onnxruntime's x86 kernels run fastest (MobileNetV2, 224 px: 2.2 ms against 4.5 ms with int8 activations
+  and 3.6 ms in float32; experiments/RESULTS.md)."""
+  import onnx
+  from onnxruntime import quantization
+  with tempfile.TemporaryDirectory() as scratch:
+    prepared_path = os.path.join(scratch, 'prepared.onnx')
+    # onnxruntime's symbolic shape inference fails on tf2onnx's dynamic-batch shape arithmetic; ONNX's own
+    # shape inference is enough for quantization.
+    quantization.quant_pre_process(source, prepared_path, skip_symbolic_shape=True)
+    name = onnx.load(prepared_path).graph.input[0].name
+    quantization.quantize_static(prepared_path, path, _Calibration(name, calibration, batch),
+                                 quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+                                 activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QInt8)
 
 
 WRITERS = {'tflite': write_tflite, 'onnx': write_onnx, 'savedmodel': write_savedmodel}

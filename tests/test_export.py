@@ -151,6 +151,8 @@ def test_export_command_rejects_bad_requests_before_converting(run, tmp_path):
   result = _command('lightcls.export', f'--workdir={run}', '--step=123456')
   assert result.returncode != 0 and 'no checkpoint of step 123456' in result.stderr
   assert sorted(os.listdir(os.path.join(run, 'export'))) == ['tflite-float32']
+  with pytest.raises(ValueError, match=r'keeps no moving average .*drop --ema'):
+    export.read_run(run, ema=True)
 
 
 @pytest.fixture(scope='module')
@@ -178,3 +180,12 @@ def test_predict_from_the_run_and_from_its_export_name_the_same_classes_and_repo
     np.testing.assert_allclose([p['probability'] for p in ours['predictions']],
                                [p['probability'] for p in theirs['predictions']], atol=1e-4)
   assert 'unreadable' in predict.table(from_run).splitlines()[-1]
+
+
+def test_the_clamped_hard_swish_of_int8_exports_is_hard_swish_and_is_undone_after_tracing():
+  from lightcls.models import layers
+  x = np.linspace(-8, 8, 4001, dtype=np.float32)
+  np.testing.assert_allclose(layers.clamped_hard_swish(x), layers.hard_swish(x), atol=1e-6)
+  with layers.activation_forms(hard_swish=layers.clamped_hard_swish):
+    assert layers.ACTIVATIONS['hard_swish'] is layers.clamped_hard_swish
+  assert layers.ACTIVATIONS['hard_swish'] is layers.hard_swish

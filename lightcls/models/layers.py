@@ -6,9 +6,10 @@ Parameter shapes are nn.Conv's whatever the implementation, so checkpoints and w
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -37,6 +38,28 @@ ACTIVATIONS: dict[str, Activation] = {
     'sigmoid': jax.nn.sigmoid,
     'hard_sigmoid': hard_sigmoid,
 }
+
+
+def clamped_hard_swish(x: jax.Array) -> jax.Array:
+  """hard_swish written as x * (clip(x, -3, 3) / 6 + 1/2): the same function through other operations.
+
+  The TFLite converter turns hard_swish's usual form into its HARD_SWISH op, which LiteRT's XNNPACK
+  delegate does not run in int8: an int8 MobileNetV3 fell apart into 21 delegated pieces and ran 4x
+  slower than in float32. This form stays MUL/ADD/MINIMUM/MAXIMUM (experiments/RESULTS.md).
+  """
+  return x * (jnp.clip(x, -3.0, 3.0) * (1.0 / 6.0) + 0.5)
+
+
+@contextlib.contextmanager
+def activation_forms(**forms: Activation) -> Iterator[None]:
+  """Models traced inside this context compute the named activations with `forms` (the same functions
+  through other operations, for an exporter); ACTIVATIONS is restored on exit."""
+  saved = {name: ACTIVATIONS[name] for name in forms}
+  ACTIVATIONS.update(forms)
+  try:
+    yield
+  finally:
+    ACTIVATIONS.update(saved)
 
 PADDINGS = ('symmetric', 'same')
 CONV_IMPLS = ('auto',) + convolutions.IMPLEMENTATIONS
