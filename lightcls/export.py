@@ -311,6 +311,8 @@ def _tf_function(fn: Callable, spec: jax.ShapeDtypeStruct):
 
 def write_tflite(fn: Callable, spec: jax.ShapeDtypeStruct, path: str, quantize: str,
                  calibration: np.ndarray | None) -> None:
+  """`fn` (a plain function, not a jitted one, whose cached trace would keep the float form of hard-swish)
+  as a TFLite model at `path`; int8 calibrated on `calibration`, float16 with float16 weights."""
   import tensorflow as tf
   forms = {'hard_swish': layers.clamped_hard_swish} if quantize == 'int8' else {}
   with layers.activation_forms(**forms):  # the model is traced here: through a new function object, so
