@@ -68,6 +68,16 @@ class OwnInfoOnly:
     return record.levelno > python_logging.INFO or f'{os.sep}lightcls{os.sep}' in record.pathname
 
 
+def start(argv: list[str]) -> None:
+  """What a command without positional arguments does first: refuse stray ones, keep INFO logs to
+  lightcls's own, and use the compilation cache."""
+  from absl import app, logging
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(OwnInfoOnly())
+  use_compilation_cache()
+
+
 def use_compilation_cache() -> None:
   # Compiling a convnet takes tens of seconds on CPU; reuse compiled programs across runs.
   import jax  # here: predicting with an exported model runs without JAX

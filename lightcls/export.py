@@ -585,10 +585,7 @@ def options_from_flags(export_config: ml_collections.ConfigDict) -> Options:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(cli.OwnInfoOnly())
-  cli.use_compilation_cache()
+  cli.start(argv)
   try:
     options = options_from_flags(run_config(FLAGS.workdir).export)
     card = export(FLAGS.workdir, options, FLAGS.step, FLAGS.ema, FLAGS.output)

@@ -14,10 +14,7 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(cli.OwnInfoOnly())
-  cli.use_compilation_cache()
+  cli.start(argv)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except config_utils.ConfigError as e:

@@ -13,7 +13,7 @@ import sys
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from PIL import Image, ImageDraw
 
 from lightcls import cli, config_utils, writers
@@ -76,9 +76,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  del argv
-  logging.get_absl_handler().addFilter(cli.OwnInfoOnly())
-  cli.use_compilation_cache()
+  cli.start(argv)
   try:
     config_utils.validate(FLAGS.config)
     image = preview(FLAGS.config, FLAGS.rows, FLAGS.draws, FLAGS.seed)
