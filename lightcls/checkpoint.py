@@ -47,18 +47,29 @@ def restore(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, 
   return restored['state'], restored['meta']
 
 
-def restore_variables(workdir: str, member: int = 0) -> dict[str, Any]:
-  """`params` and `batch_stats` of another run's best checkpoint (its latest if none is ranked); of a
-  mutual-learning run, those of its member `member` (0: the model, 1: its peer)."""
-  directory = os.path.join(workdir, 'checkpoints')
+def read(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
+  """(state, meta, step) of another run's checkpoint `step`, or of its best one (the latest if none is
+  ranked), as plain nested dicts of arrays, without knowing the run's model."""
+  directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{workdir} holds no lightcls checkpoints (no {directory}/)')
   options = ocp.CheckpointManagerOptions(read_only=True, best_fn=lambda m: m[BEST_METRIC], best_mode='max')
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=('state', 'meta'), options=options)
-  step = manager.best_step() or manager.latest_step()
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'meta'), options=options)
   if step is None:
-    raise FileNotFoundError(f'{directory} holds no complete checkpoint')
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+    step = manager.best_step() or manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{directory} holds no complete checkpoint')
+  elif step not in manager.all_steps():
+    raise ValueError(f'{workdir} has no checkpoint of step {step}; it has steps {sorted(manager.all_steps())}.')
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                           meta=ocp.args.JsonRestore()))
   manager.close()
+  return restored['state'], restored['meta'], step
+
+
+def restore_variables(workdir: str, member: int = 0) -> dict[str, Any]:
+  """`params` and `batch_stats` of another run's best checkpoint (its latest if none is ranked); of a
+  mutual-learning run, those of its member `member` (0: the model, 1: its peer)."""
+  state = read(workdir)[0]
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   return mutual.member_variables(variables, member) if mutual.is_pair(variables['params']) else variables

@@ -41,12 +41,18 @@ class Deployed:
         self._resize(len(images))
         self._batch = len(images)
       return self._run(images)
-    outputs = []
-    for start in range(0, len(images), fixed):
-      chunk = images[start:start + fixed]
-      padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-      outputs.append(self._run(padded)[:len(chunk)])
-    return np.concatenate(outputs)
+    return in_batches(self._run, images, fixed)
+
+
+def in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int) -> np.ndarray:
+  """`run` on `images` in chunks of exactly `batch` (the last one padded with zeros), outputs concatenated:
+  a model of fixed batch size, or a jitted function compiled once."""
+  outputs = []
+  for start in range(0, len(images), batch):
+    chunk = images[start:start + batch]
+    padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+    outputs.append(np.asarray(run(padded))[:len(chunk)])
+  return np.concatenate(outputs)
 
 
 def _read_json(path: str) -> dict[str, Any]:

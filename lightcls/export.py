@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 
 import lightcls
@@ -116,27 +115,6 @@ def _class_names(workdir: str) -> tuple[str, ...]:
     return tuple(json.load(f)['class_names'])
 
 
-def _checkpoint(workdir: str, step: int | None) -> tuple[dict[str, Any], dict[str, Any], int]:
-  """(state, meta, step) of checkpoint `step`, or of the best one (the latest if none is ranked)."""
-  directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'{workdir} holds no lightcls checkpoints (no {directory}/)')
-  options = ocp.CheckpointManagerOptions(read_only=True, best_fn=lambda m: m[checkpoint.BEST_METRIC],
-                                         best_mode='max')
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'meta'), options=options)
-  available = manager.all_steps()
-  if step is None:
-    step = manager.best_step() or manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{directory} holds no complete checkpoint')
-  elif step not in available:
-    raise ValueError(f'{workdir} has no checkpoint of step {step}; it has steps {sorted(available)}.')
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                           meta=ocp.args.JsonRestore()))
-  manager.close()
-  return restored['state'], restored['meta'], step
-
-
 def _image_shape(model: nn.Module, variables: dict[str, Any], size: int) -> tuple[int, int, int]:
   """(size, size, channels): the channel count (1 or 3) whose parameter shapes are the checkpoint's."""
   want = jax.tree.map(np.shape, variables['params'])
@@ -153,7 +131,7 @@ def read_run(workdir: str, step: int | None = None, ema: bool = False, conv_impl
   mutual-learning run, its model (member 0); with `ema`, the moving average of the weights. `conv_impl`
   'xla' (XLA's convolutions, which exporters convert), or 'auto' to run it fast in JAX."""
   config = run_config(workdir)
-  state, meta, step = _checkpoint(workdir, step)
+  state, meta, step = checkpoint.read(workdir, step)
   if ema and not state.get('ema'):
     raise ValueError(f'{workdir} keeps no moving average of the weights (config.optimizer.ema_decay was 0); '
                      'export the weights themselves (drop --ema).')
@@ -162,10 +140,9 @@ def read_run(workdir: str, step: int | None = None, ema: bool = False, conv_impl
   if mutual.is_pair(variables['params']):
     variables = mutual.member_variables(variables, 0)
   class_names = _class_names(workdir)
-  layer = models.layer_config(config.model)
   model = models.create_model(config.model, len(class_names))
   image_shape = _image_shape(model, variables, config.data.image_size)
-  inference = model.clone(layer=dataclasses.replace(layer, conv_impl=conv_impl, dtype='float32',
+  inference = model.clone(layer=dataclasses.replace(model.layer, conv_impl=conv_impl, dtype='float32',
                                                     fold_batch_norm=True))
   top1 = meta.get('last_eval', {}).get('eval_ema/top1' if ema else 'eval/top1')
   return Run(workdir, config, class_names, image_shape, inference,

@@ -58,18 +58,10 @@ def from_workdir(workdir: str, step: int | None = None, ema: bool = False, batch
   """The run's best (or `step`) checkpoint, run by JAX in batches of `batch_size` (one compilation)."""
   import jax
 
-  from lightcls import export, models
+  from lightcls import deployed, export, models
   run = export.read_run(workdir, step, ema, conv_impl='auto')
   apply = jax.jit(run.apply, compiler_options=models.COMPILER_OPTIONS)
-
-  def classify(inputs: np.ndarray) -> np.ndarray:
-    out = []
-    for start in range(0, len(inputs), batch_size):
-      chunk = inputs[start:start + batch_size]
-      padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-      out.append(np.asarray(apply(padded))[:len(chunk)])
-    return np.concatenate(out)
-
+  classify = lambda inputs: deployed.in_batches(apply, inputs, batch_size)
   size, _, channels = run.image_shape
   data = run.config.data
   return Predictor(classify, evaluation_preparation(size, channels, data.eval_resize, data.mean, data.std),

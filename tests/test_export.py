@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightcls import deployed, export, predict, summary, train
+from lightcls import checkpoint, deployed, export, predict, summary, train
 from lightcls.models import convert
 from tests import helpers
 
@@ -62,7 +62,7 @@ def test_folded_inference_model_equals_the_trained_model_in_evaluation_mode(run,
 
   from lightcls import models, steps
   images, _, want, model_run = reference
-  state, _, _ = export._checkpoint(run, None)
+  state, _, _ = checkpoint.read(run)
   model = models.create_model(model_run.config.model, 10)
   x = steps.normalized(jnp.asarray(images), model_run.config.data.mean, model_run.config.data.std)
   logits = jax.jit(model.apply)({'params': state['params'], 'batch_stats': state['batch_stats']}, x)
