@@ -12,6 +12,8 @@ from ml_collections.config_dict import placeholder
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.tags = ()                    # free labels of this run, shown by python -m lightcls.report (sweeps set
+                                      # them to (sweep name, run name))
 
   config.data = data = ml_collections.ConfigDict()
   data.source = 'digits'              # digits | tfds | idx | folder | cars | arrays (given to train_and_evaluate)
@@ -94,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.optimizer = optimizer = ml_collections.ConfigDict()
   optimizer.name = 'adamw'            # sgd | adam | adamw | rmsprop (each as its torch.optim namesake)
-  optimizer.lr = 1e-3
+  optimizer.lr = ml_collections.FieldReference(1e-3, field_type=object)  # or 'auto': found by config.lr_search
   optimizer.weight_decay = 0.01       # adamw: decoupled (torch AdamW); sgd, adam, rmsprop: L2 added to gradients
   optimizer.b1 = 0.9                  # adam, adamw
   optimizer.b2 = 0.999
@@ -133,6 +135,29 @@ def get_config() -> ml_collections.ConfigDict:
                                                  # int(0.75 * total epochs) - warmup epochs, as seed 002)
   schedule.stop_patience = 5          # plateau_v2: once lr <= min_lr, stop after this many epochs without a
                                       # new best eval top-1 (0: never stop)
+
+  # How optimizer.lr='auto' is found before training (python -m lightcls.lr_search runs the same on its
+  # own). The search trains copies of the model from its initial weights; training then starts from them.
+  config.lr_search = lr_search = ml_collections.ConfigDict()
+  lr_search.method = 'range_test'     # range_test (fast.ai: one epoch, lr rising exponentially) | optuna (TPE)
+  lr_search.min_lr = 1e-6             # range_test: the sweep's first ...
+  lr_search.max_lr = 1.0              # ... and last learning rate
+  lr_search.steps = placeholder(int)  # range_test: steps of the sweep (None: one epoch)
+  lr_search.smoothing = 0.05          # range_test: weight of each new loss in the smoothed loss (debiased EMA)
+  lr_search.diverge_factor = 4.0      # range_test: stop once the smoothed loss exceeds this x its minimum
+  lr_search.warmup_epochs = 0         # range_test: epochs at warmup_lr first (seed 002: 1, for pretrained
+  lr_search.warmup_lr = 1e-4          # weights, so the sweep does not wreck them)
+  lr_search.low = 0.001               # optuna: the learning rates tried, low to high in steps of `step`
+  lr_search.high = 0.01               # (seed 002: EfficientNet 0.001-0.01, MobileNetV3 0.005-0.029)
+  lr_search.step = 0.001
+  lr_search.trials = 15               # optuna: trials of the study in all (over every worker sharing it)
+  lr_search.trial_epochs = 6          # optuna: epochs per trial at a constant learning rate
+  lr_search.startup_trials = 5        # optuna: random trials before TPE models the results
+  lr_search.prune = True              # optuna: stop a trial whose eval top-1 is below the median of
+                                      # earlier trials at the same epoch (MedianPruner)
+  lr_search.storage = placeholder(str)  # optuna: an RDB URL (several machines share a study through it);
+                                        # None: sqlite in <workdir>/lr_search/
+  lr_search.study = 'lr'              # optuna: the study's name in the storage
 
   config.early_stop = early_stop = ml_collections.ConfigDict()  # stop when the monitored value stalls
   early_stop.patience = 0             # epochs without improvement before stopping (0: off; seed 000: 15)

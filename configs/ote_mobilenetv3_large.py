@@ -7,7 +7,8 @@ paper: 93.76% on Stanford Cars, 96.17% on Fashion-MNIST from ImageNet weights. T
       --config.data.name=oxford_flowers102 --config.init.checkpoint=mobilenetv3_large_100.safetensors
 
 Both models start from init.checkpoint (a timm mobilenetv3_large_100 state dict). Learning rate 0.013: the
-seed's fixed-rate comparison value, inside its search range for MobileNetV3 (0.005-0.029).
+seed's fixed-rate comparison value, inside its search range for MobileNetV3 (0.005-0.029);
+`--config.optimizer.lr=auto` searches that range first, as configs/ote_efficientnet_b0.py describes.
 """
 from configs import default
 from configs.ote_efficientnet_b0 import ote_recipe
@@ -22,5 +23,6 @@ def get_config():
   config.mutual.loss = 'am_softmax'
   config.loss.margin = 0.35
   config.optimizer.lr = 0.013
+  config.lr_search.update(low=0.005, high=0.029)  # for --config.optimizer.lr=auto (seed 002's TPE search)
   config.schedule.min_lr = config.optimizer.lr / 200
   return config

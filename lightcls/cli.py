@@ -83,3 +83,10 @@ def use_compilation_cache() -> None:
   import jax  # here: predicting with an exported model runs without JAX
   jax.config.update('jax_compilation_cache_dir',
                     os.environ.get('JAX_COMPILATION_CACHE_DIR', os.path.expanduser('~/.cache/lightcls/jax')))
+
+
+def duration(seconds: float) -> str:
+  """'1h02m03s', or '2m03s' under an hour: progress lines, ETAs, run times."""
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'

@@ -31,7 +31,7 @@ def positive(key: str, value: float | None, allow_none: bool = False) -> None:
 
 def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   """Raises ConfigError for a config that cannot run; cheap (no data, no compilation)."""
-  from lightcls import losses, models, optim, schedules
+  from lightcls import losses, lr_search, models, optim, schedules
   from lightcls.data import augment, sources
   choice('model.name', config.model.name, list(models.MODELS))
   choice('model.padding', config.model.padding, models.PADDINGS)
@@ -62,7 +62,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     raise ConfigError(f'config.data.std must be positive; got {config.data.std}.')
   choice('model.classifier', config.model.classifier, models.CLASSIFIERS)
   for check in (lambda: optim.check(config.optimizer), lambda: schedules.check(config.schedule, config.early_stop),
-                lambda: losses.check(config)):
+                lambda: losses.check(config), lambda: lr_search.check(config.lr_search)):
     try:  # each module names its own bad key
       check()
     except ValueError as error:
@@ -81,7 +81,12 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     models.create_model(config.model, num_classes=2)
   except ValueError as error:
     raise ConfigError(f'config.{error}') from None
-  for key in ('data.image_size', 'model.width', 'optimizer.lr', 'train.log_every_steps', 'train.keep_best'):
+  if config.optimizer.lr != 'auto':
+    if isinstance(config.optimizer.lr, str) or isinstance(config.optimizer.lr, bool):
+      raise ConfigError(f"config.optimizer.lr={config.optimizer.lr!r}: give a number, or 'auto' to search for "
+                        'it first (config.lr_search).')
+    positive('optimizer.lr', config.optimizer.lr)
+  for key in ('data.image_size', 'model.width', 'train.log_every_steps', 'train.keep_best'):
     section, name = key.split('.')
     positive(key, config[section][name])
   positive('train.total_epochs', config.train.total_epochs, allow_none=config.train.total_steps is not None)

@@ -70,7 +70,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     return optax.chain(*clip, *_direction(config, weight_decay, mask), optax.scale_by_learning_rate(learning_rate),
                        *bias_lr)
 
-  return optax.inject_hyperparams(optimizer)(learning_rate=config.lr, weight_decay=config.weight_decay)
+  # The rate is set before every step (with_learning_rate), from the host's schedule.
+  return optax.inject_hyperparams(optimizer)(learning_rate=0.0, weight_decay=config.weight_decay)
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -15,13 +15,14 @@ from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lightcls import checkpoint, config_utils, metrics as metrics_lib, models, optim, schedules, state as state_lib
-from lightcls import export, steps, writers
+from lightcls import checkpoint, cli, config_utils, metrics as metrics_lib, models, optim, schedules, state as state_lib
+from lightcls import export, lr_search, steps, writers
 from lightcls.data import dataset as dataset_lib, pipeline, sources
 from lightcls.metrics import TrainMetrics
 from lightcls.models import convert, mutual
@@ -103,10 +104,10 @@ class TrainLog:
     if step % self.every == 0 or epoch_end:
       self.write(step, epoch)
 
-  def epoch_loss(self) -> float:
-    """The mean training loss of the epoch just ended (and a fresh start for the next)."""
-    loss, self.epoch_metrics = float(self.epoch_metrics.compute()['loss']), None
-    return loss
+  def epoch_results(self) -> dict[str, float]:
+    """train/loss and train/top1 over the epoch just ended (and a fresh start for the next)."""
+    computed, self.epoch_metrics = self.epoch_metrics.compute(), None
+    return {'train/loss': float(computed['loss']), 'train/top1': float(computed['top1'])}
 
   def write(self, step: int, epoch: int) -> None:
     scalars = {f'train/{k}': float(v) for k, v in self.metrics.compute().items()}
@@ -119,18 +120,12 @@ class TrainLog:
       steps_per_second = (step - self.since_step) / (time.perf_counter() - self.since_time)
       scalars['train/images_per_second'] = steps_per_second * self.batch_size
       eta = (self.total_steps - step) / steps_per_second
-      speed = f' | {scalars["train/images_per_second"]:.0f} img/s | ETA {_duration(eta)}'
+      speed = f' | {scalars["train/images_per_second"]:.0f} img/s | ETA {cli.duration(eta)}'
       self.restart(step)
     self.writer.write_scalars(step, scalars)
     logging.info('epoch %d/%d step %d/%d | loss %.4f top1 %.2f%% lr %.3g%s', epoch + 1, self.num_epochs, step,
                  self.total_steps, scalars['train/loss'], 100 * scalars['train/top1'],
                  scalars['train/learning_rate'], speed)
-
-
-def _duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f'{hours}h{minutes:02d}m{seconds:02d}s' if hours else f'{minutes}m{seconds:02d}s'
 
 
 def _save_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
@@ -152,8 +147,9 @@ def _write_json(workdir: str, name: str, data: dict[str, Any]) -> None:
     json.dump(data, f, indent=2)
 
 
-def _summary(config: ml_collections.ConfigDict, meta: dict[str, Any], num_params: int, step: int) -> dict:
-  return {'model': config.model.name, 'params': num_params, 'steps': step, 'epochs': meta['epoch'],
+def _summary(config: ml_collections.ConfigDict, meta: dict[str, Any], num_params: int, step: int,
+             base_lr: float) -> dict:
+  return {'model': config.model.name, 'params': num_params, 'lr': base_lr, 'steps': step, 'epochs': meta['epoch'],
           'best_top1': meta['best_top1'], 'best_epoch': meta['best_epoch'], 'best_step': meta['best_step'],
           'stop_reason': meta['stop_reason'], 'final': meta['last_eval'],
           'train_seconds': round(meta['train_seconds'], 1)}
@@ -242,6 +238,15 @@ def write_class_report(workdir: str, name: str, report: dict[str, Any]) -> None:
     os.replace(path + '.tmp', path)
 
 
+def write_predictions(workdir: str, name: str, logits: np.ndarray, labels: np.ndarray) -> None:
+  """`name`.npz: the eval split's argmax predictions and labels, in the split's fixed order (reports compare
+  runs example by example), replaced whole."""
+  path = os.path.join(workdir, f'{name}.npz')
+  with open(path + '.tmp', 'wb') as f:
+    np.savez(f, predictions=np.argmax(logits, -1).astype(np.int32), labels=labels.astype(np.int32))
+  os.replace(path + '.tmp', path)
+
+
 def exports(config: ml_collections.ConfigDict, workdir: str, source: dataset_lib.Dataset) -> dict[str, str]:
   """Exports the best checkpoint in each of `config.export.formats`: {name: folder, or why it failed}. A
   failed export is logged, not raised: the training it follows is complete and saved."""
@@ -258,12 +263,45 @@ def exports(config: ml_collections.ConfigDict, workdir: str, source: dataset_lib
   return done
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       dataset: dataset_lib.Dataset | None = None) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the final summary.
+@dataclasses.dataclass
+class Setup:
+  """What a run builds before its first step: the prepared data, the mesh's shardings, the model's initial
+  state and the compiled steps. Training and the learning-rate search (lr_search.py) share it."""
+  config: ml_collections.ConfigDict
+  source: dataset_lib.Dataset       # as loaded (exports sample it)
+  dataset: dataset_lib.Dataset      # decoded, resized, cached
+  data_report: dict[str, Any]
+  replicated: NamedSharding
+  batch_sharding: NamedSharding
+  steps_per_epoch: int
+  model: nn.Module
+  frozen: tuple[str, ...]
+  state: state_lib.TrainState
+  train_step: Any                   # jit(state, batch, learning_rate) -> (state, metrics); donates the state
+  eval_step: Any
 
-  `dataset` replaces the configured source (use `lightcls.data.sources.from_arrays` for numpy arrays).
-  """
+  @property
+  def num_params(self) -> int:
+    return state_lib.parameter_count(self.state)
+
+  def batches(self, epoch: int, steps: int) -> Iterator[dict[str, jax.Array]]:
+    """The first `steps` global batches of `epoch` (shuffled by config.seed and the epoch), prefetched."""
+    batches = pipeline.train_batches(self.dataset.train, self.config.train.batch_size, self.config.seed, epoch,
+                                     jax.process_index(), jax.process_count())
+    return pipeline.prefetched(itertools.islice(global_batches(batches, self.batch_sharding), steps))
+
+  def fresh_state(self) -> state_lib.TrainState:
+    """A copy of the initial state (the steps donate theirs)."""
+    return jax.tree.map(jnp.copy, self.state)
+
+  def evaluate(self, state: state_lib.TrainState, prefix: str = 'eval'):
+    return evaluate(self.eval_step, state, self.dataset.eval, self.config.train.eval_batch_size,
+                    self.batch_sharding, prefix)
+
+
+def set_up(config: ml_collections.ConfigDict, dataset: dataset_lib.Dataset | None = None) -> Setup:
+  """Validates `config`, loads and prepares the data and builds the model, its initial state and the jitted
+  steps (compiled at their first call). `dataset` replaces the configured source."""
   config_utils.validate(config, jax.device_count())
   if dataset is None and config.data.source == 'arrays':
     raise config_utils.ConfigError("config.data.source='arrays' takes its data from the caller: pass "
@@ -271,29 +309,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   source = dataset or sources.load(config.data)
   dataset, data_report = pipeline.prepared(source, config.data)
   check_data(config, dataset)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    _write_json(workdir, 'data_report.json', data_report)
-
   mesh = data_mesh()
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  batch_size = config.train.batch_size
-  steps_per_epoch = len(dataset.train) // batch_size
+  image_shape = dataset.train.images.shape[1:]
+  model, frozen = model_and_frozen_blocks(config, dataset.num_classes, image_shape)
+  state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), image_shape,
+                                       config.seed, replicated, ema=config.optimizer.ema_decay > 0)
+  train_step = jax.jit(steps.configured_train_step(config, dataset.num_classes, frozen), donate_argnums=0,
+                       out_shardings=(replicated, replicated), compiler_options=models.COMPILER_OPTIONS)
+  eval_step = jax.jit(steps.configured_eval_step(config, dataset.num_classes), out_shardings=replicated,
+                      compiler_options=models.COMPILER_OPTIONS)
+  return Setup(config, source, dataset, data_report, replicated, batch_sharding,
+               len(dataset.train) // config.train.batch_size, model, frozen, state, train_step, eval_step)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       dataset: dataset_lib.Dataset | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the final summary.
+
+  `dataset` replaces the configured source (use `lightcls.data.sources.from_arrays` for numpy arrays).
+  With `config.optimizer.lr='auto'` the learning rate is searched first (lr_search.py; once per workdir).
+  """
+  run = set_up(config, dataset)
+  dataset, batch_size = run.dataset, config.train.batch_size
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    _write_json(workdir, 'data_report.json', run.data_report)
+  steps_per_epoch = run.steps_per_epoch
   total_steps = config_utils.resolve_steps(config.train, 'total', steps_per_epoch)
   num_epochs = math.ceil(total_steps / steps_per_epoch)
   milestones = config_utils.resolve_steps(config.schedule, 'milestones', steps_per_epoch) or ()
-  learning_rate = schedules.create_learning_rate(config.schedule, config.optimizer.lr, steps_per_epoch,
+  base_lr = lr_search.chosen_lr(run, workdir) if config.optimizer.lr == 'auto' else config.optimizer.lr
+  learning_rate = schedules.create_learning_rate(config.schedule, base_lr, steps_per_epoch,
                                                  total_steps / steps_per_epoch, milestones)
   early_stop = schedules.EarlyStopping(config.early_stop)
   logging.info('%d training / %d eval examples, %d classes; %d steps of batch %d (%d epochs of %d steps) '
                'on %d device(s).', len(dataset.train), len(dataset.eval), dataset.num_classes, total_steps,
                batch_size, num_epochs, steps_per_epoch, jax.device_count())
 
-  image_shape = dataset.train.images.shape[1:]
-  model, frozen = model_and_frozen_blocks(config, dataset.num_classes, image_shape)
-  state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), image_shape,
-                                       config.seed, replicated, ema=config.optimizer.ema_decay > 0)
-  num_params = state_lib.parameter_count(state)
+  state, num_params = run.state, run.num_params
   logging.info('%s: %s parameters.', config.model.name, f'{num_params:,}')
   manager = checkpoint.create_manager(workdir, config.train.keep_best)
   meta = {'epoch': 0, 'best_top1': None, 'best_epoch': None, 'best_step': None, 'last_eval': {},
@@ -307,47 +361,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       early_stop.load_state_dict(meta['early_stop'])
     logging.info('Resumed from the checkpoint of step %d (epoch %d).', resume_step, meta['epoch'])
   elif config.init.checkpoint:
-    state = with_initial_weights(state, config.init, model, image_shape, replicated)
+    state = with_initial_weights(state, config.init, run.model, dataset.train.images.shape[1:], run.replicated)
   if jax.process_index() == 0:
     _save_config(workdir, config, resume_step or 0)
   writer = writers.create_writer(workdir, resume_step)
   if resume_step is None:
-    writer.write_hparams({**writers.flat_hparams(config.to_dict()), 'model.params': num_params})
+    # The rate trained with, also when searched ('auto'): the hparams view compares numbers.
+    writer.write_hparams({**writers.flat_hparams(config.to_dict()), 'optimizer.lr': base_lr,
+                          'model.params': num_params})
     writer.write_texts(0, {'model/parameters': f'{config.model.name}: {num_params:,} parameters'})
-
-  train_step = jax.jit(steps.configured_train_step(config, dataset.num_classes, frozen), donate_argnums=0,
-                       out_shardings=(replicated, replicated), compiler_options=models.COMPILER_OPTIONS)
-  eval_step = jax.jit(steps.configured_eval_step(config, dataset.num_classes), out_shardings=replicated,
-                      compiler_options=models.COMPILER_OPTIONS)
 
   step = int(state.step)
   log = TrainLog(writer, config.train.log_every_steps, total_steps, num_epochs, batch_size)
   started = time.perf_counter() - meta['train_seconds']
   try:
     for epoch in range(meta['epoch'], num_epochs if step < total_steps and not meta['stop_reason'] else 0):
-      batches = pipeline.train_batches(dataset.train, batch_size, config.seed, epoch, jax.process_index(),
-                                       jax.process_count())
-      batches = itertools.islice(global_batches(batches, batch_sharding), total_steps - step)
-      for batch in pipeline.prefetched(batches):
-        state, metrics = train_step(state, batch, learning_rate(step))
+      for batch in run.batches(epoch, total_steps - step):
+        state, metrics = run.train_step(state, batch, learning_rate(step))
         step += 1
         log.add(step, epoch, metrics, epoch_end=step % steps_per_epoch == 0 or step == total_steps)
 
       epoch_rate = learning_rate(step - 1)
-      results, logits, labels = evaluate(eval_step, state, dataset.eval, config.train.eval_batch_size,
-                                         batch_sharding)
+      results, logits, labels = run.evaluate(state)
       if state.ema is not None:
-        results.update(evaluate(eval_step, state.with_ema_variables(), dataset.eval,
-                                config.train.eval_batch_size, batch_sharding, prefix='eval_ema')[0])
-      epoch_results = {**results, 'train/loss': log.epoch_loss()}
+        results.update(run.evaluate(state.with_ema_variables(), prefix='eval_ema')[0])
+      train_results = log.epoch_results()
+      epoch_results = {**results, **train_results}
       for controller in (learning_rate, early_stop):
         controller.end_epoch(epoch + 1, epoch_results)
       meta = _after_eval(meta, results, epoch, step, time.perf_counter() - started)
       meta.update(learning_rate=learning_rate.state_dict(), early_stop=early_stop.state_dict(),
                   stop_reason=learning_rate.stop_reason or early_stop.stop_reason)
-      write_epoch(writer, workdir, step, epoch + 1, {**results, 'learning_rate': epoch_rate,
-                                                     'train/epoch_loss': epoch_results['train/loss']},
+      write_epoch(writer, workdir, step, epoch + 1,
+                  {**results, 'learning_rate': epoch_rate,
+                   **{k.replace('train/', 'train/epoch_'): v for k, v in train_results.items()}},
                   metrics_lib.class_report(logits, labels, dataset.class_names), meta['best_epoch'] == epoch + 1)
+      if jax.process_index() == 0 and meta['best_epoch'] == epoch + 1:
+        write_predictions(workdir, 'predictions_best', logits, labels)
       # After the logs: a run killed in between redoes this epoch and rewrites its rows (writers truncate
       # what lies past the checkpoint it resumes from); the other order could lose them.
       checkpoint.save(manager, step, state, meta, {checkpoint.BEST_METRIC: results['eval/top1']})
@@ -364,13 +414,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.close()
     writer.close()
 
-  summary = _summary(config, meta, num_params, step)
+  summary = _summary(config, meta, num_params, step, base_lr)
   if jax.process_index() == 0:
     _write_json(workdir, 'summary.json', summary)
     if config.export.formats:  # after the summary is safe: an export can take minutes
-      summary['exports'] = exports(config, workdir, source)
+      summary['exports'] = exports(config, workdir, run.source)
       _write_json(workdir, 'summary.json', summary)
   logging.info('Done: best eval top-1 %.2f%% at epoch %d; %s parameters; %s of training.',
                100 * summary['best_top1'], summary['best_epoch'], f'{num_params:,}',
-               _duration(summary['train_seconds']))
+               cli.duration(summary['train_seconds']))
   return summary

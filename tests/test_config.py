@@ -21,6 +21,9 @@ from lightcls.config_utils import ConfigError
     ('loss.label_smoothing', 1.0, r'\[0, 1\)'),
     ('train.batch_size', 0, 'positive'),
     ('optimizer.lr', -1.0, 'positive'),
+    ('optimizer.lr', 'fast', "'auto'"),
+    ('lr_search.method', 'grid', "'optuna'"),
+    ('lr_search.min_lr', 2.0, 'out of range'),
     ('export.quantize', 'int4', "'int8'"),
     ('export.input_size', (480, 640), 'raw_input=True'),
     ('export.batch', -1, '0 for any batch'),
@@ -32,6 +35,15 @@ def test_validate_names_the_key_and_the_valid_choices(key, value, message):
   with pytest.raises(ConfigError, match=message) as error:
     config_utils.validate(config)
   assert f'config.{key}' in str(error.value)
+
+
+def test_an_optuna_search_range_must_be_whole_steps():
+  config = default.get_config()
+  config.lr_search.update(method='optuna', low=0.001, high=0.01, step=0.004)
+  with pytest.raises(ConfigError, match='whole number of lr_search.step=0.004'):
+    config_utils.validate(config)
+  config.lr_search.step = 0.003
+  config_utils.validate(config)
 
 
 def test_export_formats_are_checked_one_by_one_and_a_savedmodel_is_float32_only():

@@ -25,6 +25,7 @@ REFERENCE_MACS = [
     (dict(name='mobilenet_v3_large', width=1.0), 224, 216.6),
     (dict(name='mobilenet_v3_large', width=0.75), 224, 154.6),
     (dict(name='mobilenet_v3_small', width=1.0), 224, 56.5),
+    (dict(name='linear'), 224, 224 * 224 * 3 * 1000 / 1e6),  # not in REFERENCE.md: pixels x classes
 ]
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import flax.linen as nn
 import ml_collections
 
-from lightcls.models import convolutions, efficientnet, ghostnet, mobilenet
+from lightcls.models import convolutions, efficientnet, ghostnet, linear, mobilenet
 from lightcls.models.layers import CLASSIFIERS, CONV_IMPLS, PADDINGS, LayerConfig
 
 # Options for every jax.jit that runs a model (convolutions.COMPILER_OPTIONS says why).
@@ -72,6 +72,13 @@ def _efficientnet(variant: str) -> Callable[[ml_collections.ConfigDict, int], nn
   return build
 
 
+def _linear(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """Logistic regression on the flattened pixels (a baseline; the learning-rate search's convex test)."""
+  unsupported(config, width=1.0, head_features=None, head='default', drop_path=None, small_input=False)
+  return linear.Linear(num_classes=num_classes, dropout=optional(config.dropout, 0.0), layer=layer_config(config),
+                       classifier=config.classifier)
+
+
 HEADS = ('default', 'thesis')  # thesis: GhostNet of seed 000
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
@@ -88,6 +95,7 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, int], nn.Module]] = {
     'efficientnet_b5': _efficientnet('b5'),
     'efficientnet_b6': _efficientnet('b6'),
     'efficientnet_b7': _efficientnet('b7'),
+    'linear': _linear,
 }
 
 

@@ -1,0 +1,126 @@
+"""The learning-rate search against brute force on a convex problem: logistic regression (model 'linear') on
+8x8 digits with plain SGD, where one epoch at each rate of a grid shows which rates are good."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import quickstart
+from lightcls import lr_search, train
+from tests.helpers import REPO
+
+CONVEX = {'model.name': 'linear', 'data.image_size': 8, 'optimizer.name': 'sgd', 'optimizer.momentum': 0.0,
+          'optimizer.weight_decay': 0.0, 'train.batch_size': 16, 'train.eval_batch_size': 64,
+          'train.total_epochs': 1.0, 'schedule.milestones_epochs': (), 'augment.order': ()}
+
+
+def convex_config(**overrides):
+  config = quickstart.get_config()
+  for key, value in {**CONVEX, **overrides}.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def convex_run():
+  return train.set_up(convex_config())
+
+
+def one_epoch_eval_loss(run, rate):
+  state = run.fresh_state()
+  for batch in run.batches(0, run.steps_per_epoch):
+    state, _ = run.train_step(state, batch, rate)
+  return run.evaluate(state)[0]['eval/loss']
+
+
+def test_smoothed_loss_is_the_debiased_exponential_average():
+  losses = np.random.default_rng(0).uniform(1, 3, 50)
+  weight = 0.05
+  for i in (0, 1, 10, 49):
+    weights = weight * (1 - weight) ** np.arange(i, -1, -1)   # losses[0..i], newest heaviest
+    expected = np.sum(weights * losses[:i + 1]) / np.sum(weights)
+    assert lr_search.smoothed(losses, weight)[i] == pytest.approx(expected, rel=1e-12)
+  np.testing.assert_allclose(lr_search.smoothed(np.full(20, 2.5), 0.01), 2.5)  # no pull towards zero
+
+
+def test_steepest_descent_finds_the_inflection_of_a_loss_falling_in_log_lr():
+  rates = np.geomspace(1e-6, 1, 200)
+  losses = 2 - np.tanh(np.log(rates / 3e-3))  # falls fastest at 3e-3
+  assert lr_search.steepest_descent(rates, losses) == pytest.approx(3e-3, rel=0.05)
+
+
+def test_range_test_suggests_a_rate_that_one_epoch_of_brute_force_finds_good(convex_run, tmp_path):
+  config = convex_run.config.lr_search
+  test = lr_search.range_test(convex_run, config)
+  grid = np.geomspace(1e-3, 1.0, 19)
+  losses = np.array([one_epoch_eval_loss(convex_run, float(rate)) for rate in grid])
+  good = grid[losses <= 1.25 * losses.min()]  # contiguous on this convex problem
+  assert np.all(np.diff(np.flatnonzero(losses <= 1.25 * losses.min())) == 1)
+  assert good.min() <= test.suggestion <= good.max(), (test.suggestion, dict(zip(grid, losses)))
+  assert len(test.rates) == convex_run.steps_per_epoch and not test.diverged
+  assert one_epoch_eval_loss(convex_run, test.suggestion) <= 1.25 * losses.min()
+
+
+def test_range_test_stops_once_the_loss_diverges_and_plots_the_sweep(convex_run, tmp_path):
+  config = convex_run.config.lr_search.copy_and_resolve_references()
+  config.update(min_lr=1e-3, max_lr=1e4)
+  test = lr_search.range_test(convex_run, config)
+  assert test.diverged and len(test.rates) < convex_run.steps_per_epoch
+  assert test.smoothed[-1] > config.diverge_factor * test.smoothed.min()
+  path = str(tmp_path / 'range_test.png')
+  lr_search.range_test_figure(test, path)
+  with Image.open(path) as image:
+    assert image.format == 'PNG' and image.size == (700, 450)
+
+
+def test_auto_lr_trains_from_the_initial_weights_with_the_searched_rate_once(tmp_path):
+  auto = train.train_and_evaluate(convex_config(**{'optimizer.lr': 'auto'}), str(tmp_path / 'auto'))
+  with open(tmp_path / 'auto' / 'lr_search' / 'result.json') as f:
+    result = json.load(f)
+  assert result['method'] == 'range_test' and auto['lr'] == result['lr'] == result['range_test']['suggestion']
+  assert os.path.exists(tmp_path / 'auto' / 'lr_search' / 'range_test.png')
+  # The search left the model as it was: training at the found rate from scratch ends the same.
+  fixed = train.train_and_evaluate(convex_config(**{'optimizer.lr': result['lr']}), str(tmp_path / 'fixed'))
+  assert auto['final'] == fixed['final']
+  # A rerun (resume) of the finished run takes the stored rate and does not search again.
+  stamp = os.stat(tmp_path / 'auto' / 'lr_search' / 'result.json').st_mtime_ns
+  again = train.train_and_evaluate(convex_config(**{'optimizer.lr': 'auto'}), str(tmp_path / 'auto'))
+  assert again['lr'] == result['lr']
+  assert os.stat(tmp_path / 'auto' / 'lr_search' / 'result.json').st_mtime_ns == stamp
+
+
+def test_two_workers_share_one_optuna_study_to_its_budget_and_prune_bad_rates(tmp_path):
+  import optuna
+  workdir = tmp_path / 'study'
+  os.makedirs(workdir / 'lr_search')
+  storage = f'sqlite:///{workdir / "lr_search" / "optuna.db"}'
+  # Known first trials: two good rates, then two whose first epoch must fall below their median.
+  study = optuna.create_study(study_name='lr', storage=storage, direction='maximize')
+  for rate in (0.04, 0.03, 0.001, 0.002):
+    study.enqueue_trial({'lr': rate})
+  overrides = {**CONVEX, 'lr_search.method': 'optuna', 'lr_search.low': 0.001, 'lr_search.high': 0.3,
+               'lr_search.trials': 6, 'lr_search.trial_epochs': 2, 'lr_search.startup_trials': 1}
+  command = [sys.executable, '-m', 'lightcls.lr_search', '--config=configs/quickstart.py', f'--workdir={workdir}',
+             *[f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}' for k, v in overrides.items()]]
+  workers = [subprocess.Popen([*command, f'--worker={i}'], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = [w.communicate(timeout=600)[0] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+  trials = {t.number: t for t in optuna.load_study(study_name='lr', storage=storage).trials if t.number < 6}
+  assert sorted(trials) == list(range(6))
+  assert all(t.state.name in ('COMPLETE', 'PRUNED') for t in trials.values())
+  by_rate = {t.params['lr']: t for t in trials.values()}
+  assert by_rate[0.001].state.name == by_rate[0.002].state.name == 'PRUNED'
+  assert len(by_rate[0.001].intermediate_values) == 1  # stopped after its first epoch
+  with open(workdir / 'lr_search' / 'result.json') as f:
+    result = json.load(f)
+  completed = [t for t in trials.values() if t.state.name == 'COMPLETE']
+  assert result['lr'] == max(completed, key=lambda t: t.value).params['lr']
+  assert os.path.exists(workdir / 'lr_search' / 'optuna.png')
+  assert f"lr {result['lr']:g} (optuna)" in outputs[0] + outputs[1]
