@@ -5,25 +5,27 @@ notebook. Re-running it on the same workdir resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
 import math
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lightcls import checkpoint, cli, config_utils, metrics as metrics_lib, models, optim, schedules, state as state_lib
 from lightcls import export, lr_search, steps, writers
-from lightcls.data import dataset as dataset_lib, pipeline, sources
+from lightcls.data import dataset as dataset_lib, pipeline, preview, sources
 from lightcls.metrics import TrainMetrics
 from lightcls.models import convert, mutual
 
@@ -87,6 +89,8 @@ class TrainLog:
     self.metrics: TrainMetrics | None = None
     self.epoch_metrics: TrainMetrics | None = None
     self.compiled = False
+    self.live = NotebookLine.if_in_notebook()
+    self.last_line, self.best = 'compiling the train step ...', ''
     self.restart(None)
 
   def restart(self, step: int | None) -> None:
@@ -103,6 +107,9 @@ class TrainLog:
     self.epoch_metrics = metrics if self.epoch_metrics is None else self.epoch_metrics.merge(metrics)
     if step % self.every == 0 or epoch_end:
       self.write(step, epoch)
+    if self.live:
+      filled = 20 * step // self.total_steps
+      self.live.show(f'[{"#" * filled}{"." * (20 - filled)}] {self.last_line}{self.best}', force=epoch_end)
 
   def epoch_results(self) -> dict[str, float]:
     """train/loss and train/top1 over the epoch just ended (and a fresh start for the next)."""
@@ -123,9 +130,30 @@ class TrainLog:
       speed = f' | {scalars["train/images_per_second"]:.0f} img/s | ETA {cli.duration(eta)}'
       self.restart(step)
     self.writer.write_scalars(step, scalars)
-    logging.info('epoch %d/%d step %d/%d | loss %.4f top1 %.2f%% lr %.3g%s', epoch + 1, self.num_epochs, step,
-                 self.total_steps, scalars['train/loss'], 100 * scalars['train/top1'],
-                 scalars['train/learning_rate'], speed)
+    self.last_line = (f'epoch {epoch + 1}/{self.num_epochs} step {step}/{self.total_steps} | loss '
+                      f'{scalars["train/loss"]:.4f} top1 {100 * scalars["train/top1"]:.2f}% lr '
+                      f'{scalars["train/learning_rate"]:.3g}{speed}')
+    logging.info('%s', self.last_line)
+
+
+class NotebookLine:
+  """A line of output replaced in place (an IPython display with an id): training progress in a notebook,
+  where absl's INFO lines are hidden by default and carriage returns do not redraw in every frontend."""
+
+  def __init__(self):
+    from IPython.display import Pretty, display
+    self.pretty, self.shown = Pretty, 0.0
+    self.handle = display(Pretty(''), display_id=True)
+
+  @classmethod
+  def if_in_notebook(cls) -> 'NotebookLine | None':
+    import sys
+    return cls() if 'ipykernel' in sys.modules and jax.process_index() == 0 else None
+
+  def show(self, text: str, force: bool = False) -> None:
+    if force or time.perf_counter() - self.shown > 0.25:  # redrawing costs the kernel a message
+      self.handle.update(self.pretty(text))
+      self.shown = time.perf_counter()
 
 
 def _save_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
@@ -263,6 +291,78 @@ def exports(config: ml_collections.ConfigDict, workdir: str, source: dataset_lib
   return done
 
 
+class Compiled(NamedTuple):
+  """The parts of a run that its compiled programs depend on. The optimizer and the model are part of the
+  train state's static structure: new but equal objects would make jit trace and compile again."""
+  model: nn.Module
+  frozen: tuple[str, ...]
+  tx: optax.GradientTransformation
+  train_step: Any  # jit(state, batch, learning_rate) -> (state, metrics); donates the state
+  eval_step: Any
+
+
+_COMPILED: collections.OrderedDict[tuple, Compiled] = collections.OrderedDict()
+
+
+def compiled_parts(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple[int, ...],
+                   replicated: NamedSharding) -> Compiled:
+  """The model, optimizer and jitted steps of `config`, made once per process for the last few configs: a
+  notebook cell that trains again (or resumes after an interrupt) reuses their compiled programs."""
+  key = (config.to_json_best_effort(sort_keys=True), num_classes, image_shape, replicated)
+  if key not in _COMPILED:
+    model, frozen = model_and_frozen_blocks(config, num_classes, image_shape)
+    _COMPILED[key] = Compiled(
+        model, frozen, optim.create_optimizer(config.optimizer),
+        jax.jit(steps.configured_train_step(config, num_classes, frozen), donate_argnums=0,
+                out_shardings=(replicated, replicated), compiler_options=models.COMPILER_OPTIONS),
+        jax.jit(steps.configured_eval_step(config, num_classes), out_shardings=replicated,
+                compiler_options=models.COMPILER_OPTIONS))
+    while len(_COMPILED) > 4:
+      _COMPILED.popitem(last=False)
+  _COMPILED.move_to_end(key)
+  return _COMPILED[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """What train_and_evaluate returns: the run's summary.json (`result['best_top1']`, ...) and where its files
+  are (`result.paths`)."""
+  workdir: str
+  summary: dict[str, Any]
+
+  def __getitem__(self, key: str) -> Any:
+    return self.summary[key]
+
+  @property
+  def best_top1(self) -> float | None:
+    return self.summary['best_top1']
+
+  @property
+  def best_epoch(self) -> int | None:
+    return self.summary['best_epoch']
+
+  @property
+  def final(self) -> dict[str, float]:
+    """The last epoch's evaluation."""
+    return self.summary['final']
+
+  @property
+  def paths(self) -> dict[str, str]:
+    names = {'checkpoints': 'checkpoints', 'tensorboard': 'tensorboard', 'metrics': 'metrics.jsonl',
+             'summary': 'summary.json', 'config': 'config.json', 'class_report': 'class_report_best.json',
+             'class_report_text': 'class_report_best.txt', 'predictions': 'predictions_best.npz'}
+    return {key: os.path.join(self.workdir, name) for key, name in names.items()}
+
+  def class_report(self) -> dict[str, Any]:
+    """The best epoch's per-class report (metrics.class_report), with its confusion matrix."""
+    with open(self.paths['class_report']) as f:
+      return json.load(f)
+
+  def __repr__(self) -> str:
+    top1 = 'no evaluation' if self.best_top1 is None else f'best eval top-1 {100 * self.best_top1:.2f}%'
+    return f'Result({top1} at epoch {self.best_epoch} of {self.summary["epochs"]}, workdir={self.workdir!r})'
+
+
 @dataclasses.dataclass
 class Setup:
   """What a run builds before its first step: the prepared data, the mesh's shardings, the model's initial
@@ -312,20 +412,19 @@ def set_up(config: ml_collections.ConfigDict, dataset: dataset_lib.Dataset | Non
   mesh = data_mesh()
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   image_shape = dataset.train.images.shape[1:]
-  model, frozen = model_and_frozen_blocks(config, dataset.num_classes, image_shape)
-  state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), image_shape,
-                                       config.seed, replicated, ema=config.optimizer.ema_decay > 0)
-  train_step = jax.jit(steps.configured_train_step(config, dataset.num_classes, frozen), donate_argnums=0,
-                       out_shardings=(replicated, replicated), compiler_options=models.COMPILER_OPTIONS)
-  eval_step = jax.jit(steps.configured_eval_step(config, dataset.num_classes), out_shardings=replicated,
-                      compiler_options=models.COMPILER_OPTIONS)
+  parts = compiled_parts(config, dataset.num_classes, image_shape, replicated)
+  state = state_lib.create_train_state(parts.model, parts.tx, image_shape, config.seed, replicated,
+                                       ema=config.optimizer.ema_decay > 0)
   return Setup(config, source, dataset, data_report, replicated, batch_sharding,
-               len(dataset.train) // config.train.batch_size, model, frozen, state, train_step, eval_step)
+               len(dataset.train) // config.train.batch_size, parts.model, parts.frozen, state, parts.train_step,
+               parts.eval_step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       dataset: dataset_lib.Dataset | None = None) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns the final summary.
+                       dataset: dataset_lib.Dataset | None = None) -> Result:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns its summary and paths.
+  Interrupted (KeyboardInterrupt, a notebook's stop button), it finishes writing and returns nothing; called
+  again, it resumes from the latest checkpoint, reusing the compiled steps of the same config.
 
   `dataset` replaces the configured source (use `lightcls.data.sources.from_arrays` for numpy arrays).
   With `config.optimizer.lr='auto'` the learning rate is searched first (lr_search.py; once per workdir).
@@ -370,6 +469,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_hparams({**writers.flat_hparams(config.to_dict()), 'optimizer.lr': base_lr,
                           'model.params': num_params})
     writer.write_texts(0, {'model/parameters': f'{config.model.name}: {num_params:,} parameters'})
+    if jax.process_index() == 0:  # what the augmentation makes of a few training images
+      writer.write_images(0, {'images/augmented': preview.training_grid(config, dataset.train, dataset.class_names,
+                                                                        seed=config.seed)[None]})
 
   step = int(state.step)
   log = TrainLog(writer, config.train.log_every_steps, total_steps, num_epochs, batch_size)
@@ -402,6 +504,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # what lies past the checkpoint it resumes from); the other order could lose them.
       checkpoint.save(manager, step, state, meta, {checkpoint.BEST_METRIC: results['eval/top1']})
       log.restart(step)
+      log.best = f' | best eval top-1 {100 * meta["best_top1"]:.2f}% (epoch {meta["best_epoch"]})'
       logging.info('epoch %d/%d eval | loss %.4f top1 %.2f%% top5 %.2f%% mAP %.2f%% (%d examples) | best %.2f%% '
                    '(epoch %d) | lr %.3g', epoch + 1, num_epochs, results['eval/loss'], 100 * results['eval/top1'],
                    100 * results['eval/top5'], 100 * results['eval/map'], results['eval/examples'],
@@ -423,4 +526,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info('Done: best eval top-1 %.2f%% at epoch %d; %s parameters; %s of training.',
                100 * summary['best_top1'], summary['best_epoch'], f'{num_params:,}',
                cli.duration(summary['train_seconds']))
-  return summary
+  return Result(workdir, summary)

@@ -57,11 +57,23 @@ def preview(config, rows: int, draws: int, seed: int) -> np.ndarray:
   picked = np.sort(np.random.default_rng(seed).choice(len(dataset.train), rows, replace=False))
   train, _ = pipeline.prepared_split(pipeline.subset(dataset.train, picked),
                                      pipeline.preprocess_options(data, train=True), dataset.class_names, 'train')
-  versions, weights = augmented_draws(train.images, config, draws, seed)
-  names = [dataset.class_names[label] for label in train.labels]
+  return captioned_grid(train.images, train.labels, dataset.class_names, config, draws, seed)
+
+
+def captioned_grid(images: np.ndarray, labels: np.ndarray, class_names, config, draws: int, seed: int) -> np.ndarray:
+  """The grid of these (cached, uint8) training images, each followed by `draws` augmentations, captioned."""
+  versions, weights = augmented_draws(images, config, draws, seed)
+  names = [class_names[label] for label in labels]
   captions = [[f'{name} (cached)'] + [name if w == 1 else f'{name} {w:.2f}' for w in weights[r]]
               for r, name in enumerate(names)]
-  return grid(train.images, versions, captions)
+  return grid(images, versions, captions)
+
+
+def training_grid(config, split, class_names, rows: int = 6, draws: int = 5, seed: int = 0) -> np.ndarray:
+  """`captioned_grid` of `rows` random images of an already prepared training split (what a run writes to
+  TensorBoard when it starts)."""
+  picked = np.sort(np.random.default_rng(seed).choice(len(split), min(rows, len(split)), replace=False))
+  return captioned_grid(split.images[picked], split.labels[picked], class_names, config, draws, seed)
 
 
 def define_flags() -> None:

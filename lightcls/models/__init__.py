@@ -109,5 +109,18 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
   return MODELS[config.name](config, num_classes)
 
 
-__all__ = ['CLASSIFIERS', 'CONV_IMPLS', 'HEADS', 'MODELS', 'PADDINGS', 'create_model', 'layer_config', 'optional',
-           'unsupported']
+def create(name: str, num_classes: int, **options) -> nn.Module:
+  """A model by name with any `config.model` option as a keyword, the rest at their defaults (for notebooks
+  and scripts): `create('ghostnet', 10, width=0.5, small_input=True)`."""
+  from configs import default
+  config = default.get_config().model
+  unknown = sorted(set(options) - set(config.keys()))
+  if unknown:
+    raise ValueError(f'unknown model option(s) {unknown}; the options are {sorted(set(config.keys()) - {"name"})}')
+  config.name = name
+  config.update(options)
+  return create_model(config, num_classes)
+
+
+__all__ = ['CLASSIFIERS', 'CONV_IMPLS', 'HEADS', 'MODELS', 'PADDINGS', 'create', 'create_model', 'layer_config',
+           'optional', 'unsupported']
