@@ -15,11 +15,46 @@ exported as an int8 TFLite model that takes camera pixels (uint8 RGB, 480x640) a
 them itself, into runs/ghostnet_cars/export/tflite-int8-raw/ with labels.txt (the devkit's class names).
 Try it on photos with
   python -m lightcls.predict --model=runs/ghostnet_cars/export/tflite-int8-raw/model.tflite my_photos/
+
+Variants `:c3`, `:c7`, `:c14`, `:c22` are the baselines of the thesis' step-by-step series (section 4.2), each
+C-50 with the later steps undone and no export; experiments/sweeps/thesis_*.py start from them.
 """
 from configs import default
 
+# Each baseline of the series: the changes from the one before it (C-3's from C-50).
+SERIES = {
+    'c3': {  # C-3: normalised RGB, label smoothing, dropout 0.2, no augmentation
+        'augment.order': (),
+        'augment.erasing.scale': (0.02, 0.25),  # RandomErasing's in config_template.yml (3.3), for C-5/C-6
+        'optimizer.name': 'adam', 'optimizer.weight_decay': 0.0,  # Adam until 4.2.6 (section 4's assumptions)
+        'model.head_features': 1280,  # the thesis head at GhostNet's 1280 until 4.2.8
+        'schedule.name': 'constant',  # no learning-rate scheduler until 4.2.9
+        'export.formats': (),         # search runs; export the chosen one with python -m lightcls.export
+    },
+    'c7': {'augment.order': ('hflip', 'affine', 'color_jitter')},  # the best of 4.2.3
+    'c14': {'optimizer.name': 'adamw', 'optimizer.weight_decay': 0.2},  # the best of 4.2.6 (4,153,090 params)
+    'c22': {'model.head_features': 320},  # the best of 4.2.8
+}
 
-def get_config():
+
+def get_config(variant: str = 'c50'):
+  config = c50()
+  if variant == 'c50':
+    return config
+  if variant not in SERIES:
+    raise ValueError(f'ghostnet_cars.py:{variant}: choose c50 or one of {list(SERIES)}')
+  names = list(SERIES)
+  for name in names[:names.index(variant) + 1]:
+    for key, value in SERIES[name].items():
+      *path, last = key.split('.')
+      node = config
+      for part in path:
+        node = node[part]
+      node[last] = value
+  return config
+
+
+def c50():
   config = default.get_config()
   config.data.source = 'cars'
   config.data.image_size = 227

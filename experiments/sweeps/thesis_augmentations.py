@@ -8,21 +8,12 @@ section's text lists; the summary table at the start of 4.2 describes them one r
 
 The thesis' validation top-1 after each run's comment; its baseline C-3 reached 11.95% (4.2.2).
 """
-CONFIG = 'configs/ghostnet_cars.py'  # C-50, the thesis' final recipe; C3 below undoes its later steps
-
-C3 = {  # C-3: normalised RGB and label smoothing, dropout 0.2, no augmentation
-    'augment.order': (),
-    'augment.erasing.scale': (0.02, 0.25),  # RandomErasing p 0.5, scale 0.02-0.25 (config_template.yml, 3.3)
-    'optimizer.name': 'adam', 'optimizer.weight_decay': 0.0,  # Adam until 4.2.6 (section 4's assumptions)
-    'model.head_features': 1280,  # the thesis head at GhostNet's 1280 until 4.2.8
-    'schedule.name': 'constant',  # no learning-rate scheduler until 4.2.9
-    'export.formats': (),         # search runs; export the chosen one with python -m lightcls.export
-}
+CONFIG = 'configs/ghostnet_cars.py:c3'  # C-3: no augmentation (configs/ghostnet_cars.py)
 
 
 def get_sweep():
   # Erasing last: the thesis applies it to the normalised tensor, after the image augmentations.
-  return [{**C3, 'augment.order': order, 'name': name}
+  return [{'augment.order': order, 'name': name}
           for name, order in [('C-4', ('hflip', 'affine')),                             # 51.92%
                               ('C-5', ('hflip', 'affine', 'erasing')),                  # 38.08%
                               ('C-6', ('hflip', 'affine', 'color_jitter', 'erasing')),  # 38.68%

@@ -7,16 +7,9 @@ images no longer looked like the uncropped validation photos.
 
 The thesis' validation top-1 after each run's comment; its baseline C-7 reached 54.28% (4.2.3).
 """
-CONFIG = 'configs/ghostnet_cars.py'  # C-50, the thesis' final recipe; C7 below undoes its later steps
-
-C7 = {  # C-7, the best of 4.2.3: hflip + affine + colour jitter, normalised, label smoothing, dropout 0.2
-    'optimizer.name': 'adam', 'optimizer.weight_decay': 0.0,  # Adam until 4.2.6 (section 4's assumptions)
-    'model.head_features': 1280,  # the thesis head at GhostNet's 1280 until 4.2.8
-    'schedule.name': 'constant',  # no learning-rate scheduler until 4.2.9
-    'export.formats': (),         # search runs; export the chosen one with python -m lightcls.export
-}
+CONFIG = 'configs/ghostnet_cars.py:c7'  # C-7, the best of 4.2.3 (configs/ghostnet_cars.py)
 
 
 def get_sweep():
-  return [{**C7, 'data.crop_to_boxes': True, 'name': 'C-10'},                                   # 3.91%
-          {**C7, 'data.crop_to_boxes': True, 'data.erase_background': True, 'name': 'C-11'}]  # 3.07%
+  return [{'data.crop_to_boxes': True, 'name': 'C-10'},                                   # 3.91%
+          {'data.crop_to_boxes': True, 'data.erase_background': True, 'name': 'C-11'}]  # 3.07%

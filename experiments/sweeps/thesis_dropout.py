@@ -6,18 +6,11 @@ dropout before the classifier at 0.1, 0.3, 0.4 and 0.5 instead of 0.2, on Stanfo
 
 The thesis' validation top-1 after each run's comment; its baseline C-14 reached 68.50% (4.2.6).
 """
-CONFIG = 'configs/ghostnet_cars.py'  # C-50, the thesis' final recipe; C14 below undoes its later steps
-
-C14 = {  # C-14: C-7 (the best of 4.2.3) with AdamW, weight decay 0.2 (4.2.6)
-    'optimizer.name': 'adamw', 'optimizer.weight_decay': 0.2,
-    'model.head_features': 1280,  # the thesis head at GhostNet's 1280 until 4.2.8 (C-14: 4,153,090 params)
-    'schedule.name': 'constant',  # no learning-rate scheduler until 4.2.9
-    'export.formats': (),         # search runs; export the chosen one with python -m lightcls.export
-}
+CONFIG = 'configs/ghostnet_cars.py:c14'  # C-14: C-7 with AdamW, weight decay 0.2 (4.2.6)
 
 
 def get_sweep():
-  return [{**C14, 'model.dropout': dropout, 'name': name}
+  return [{'model.dropout': dropout, 'name': name}
           for name, dropout in [('C-18', 0.1),   # 66.90%
                                 ('C-19', 0.3),   # 67.81%
                                 ('C-20', 0.4),   # 64.88%

@@ -7,17 +7,11 @@
 The thesis' validation top-1 and parameter count after each run's comment; its baseline C-14 (1280) reached
 68.50% with 4,153,090 parameters (the thesis prints each count 2 lower than its code logs: REFERENCE.md).
 """
-CONFIG = 'configs/ghostnet_cars.py'  # C-50, the thesis' final recipe; C14 below undoes its later steps
-
-C14 = {  # C-14: C-7 (the best of 4.2.3) with AdamW, weight decay 0.2 (4.2.6)
-    'optimizer.name': 'adamw', 'optimizer.weight_decay': 0.2,
-    'schedule.name': 'constant',  # no learning-rate scheduler until 4.2.9
-    'export.formats': (),         # search runs; export the chosen one with python -m lightcls.export
-}
+CONFIG = 'configs/ghostnet_cars.py:c14'  # C-14: C-7 with AdamW, weight decay 0.2 (4.2.6)
 
 
 def get_sweep():
-  return [{**C14, 'model.head_features': width, 'name': name}
+  return [{'model.head_features': width, 'name': name}
           for name, width in [('C-22', 320),    # 68.93%, 3,041,410 parameters
                               ('C-23', 640),    # 63.13%, 3,411,970
                               ('C-24', 960),    # 64.96%, 3,782,530

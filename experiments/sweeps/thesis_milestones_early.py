@@ -7,18 +7,11 @@ C-27 (epochs 61, 82, 93, 104). All four dropped it too early.
 
 The thesis' validation top-1 after each run's comment; its baseline C-27 reached 76.20% (4.2.9).
 """
-CONFIG = 'configs/ghostnet_cars.py'  # C-50, the thesis' final recipe; C22 below undoes its later steps
-
-C22 = {  # C-22: C-14 (AdamW, weight decay 0.2; 4.2.6) with a head of 320 (4.2.8)
-    'optimizer.name': 'adamw', 'optimizer.weight_decay': 0.2,
-    'model.head_features': 320,
-    'export.formats': (),  # search runs; export the chosen one with python -m lightcls.export
-}
+CONFIG = 'configs/ghostnet_cars.py:c22'  # C-22: C-14 with a head of 320 (4.2.8)
 
 
 def get_sweep():
-  return [{**C22, 'schedule.name': 'multistep', 'schedule.gamma': 0.1, 'schedule.milestones_epochs': epochs,
-           'name': name}
+  return [{'schedule.name': 'multistep', 'schedule.gamma': 0.1, 'schedule.milestones_epochs': epochs, 'name': name}
           for name, epochs in [('C-30', (28, 48, 68, 88)),    # 57.82%
                                ('C-31', (36, 56, 76, 96)),    # 64.93%
                                ('C-32', (44, 64, 84, 104)),   # 68.79%
