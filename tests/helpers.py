@@ -44,3 +44,15 @@ def tensorboard_scalars(logdir):
   acc.Reload()
   return {tag: {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
           for tag in acc.Tags()['tensors'] if tag.startswith(('train/', 'eval/'))}
+
+
+def digits_subset():
+  """64 training digits (4 steps of 16 an epoch) and 100 eval digits, as a dataset for `dataset=`."""
+  import numpy as np
+  from sklearn import datasets
+
+  from lightcls.data import sources
+  digits = datasets.load_digits()
+  pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+  return sources.from_arrays(pixels[:64], digits.target[:64], pixels[1000:1100], digits.target[1000:1100],
+                             [str(d) for d in range(10)])

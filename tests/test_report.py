@@ -19,20 +19,9 @@ import pytest
 from PIL import Image
 
 from lightcls import report
-from tests.helpers import REPO, small_config
+from tests.helpers import REPO, digits_subset, small_config
 
 LEARNING_RATES = {'a': 2e-3, 'b': 1e-3, 'c': 5e-3}
-
-
-def digits_subset():
-  """64 training digits (4 steps of 16 a epoch, so 8 steps are 2 epochs) and 100 eval digits."""
-  from sklearn import datasets
-
-  from lightcls.data import sources
-  digits = datasets.load_digits()
-  pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
-  return sources.from_arrays(pixels[:64], digits.target[:64], pixels[1000:1100], digits.target[1000:1100],
-                             [str(d) for d in range(10)])
 
 
 @pytest.fixture(scope='module')
