@@ -78,6 +78,17 @@ def start(argv: list[str]) -> None:
   use_compilation_cache()
 
 
+def interactive() -> None:
+  """What a notebook calls first: INFO logging (each epoch's evaluation), lightcls's own lines only, and the
+  compilation cache. (In a kernel absl's records reach a root-logger handler: the filter goes on the logger.)"""
+  from absl import logging
+  logging.set_verbosity(logging.INFO)
+  logger = logging.get_absl_logger()
+  if not any(isinstance(f, OwnInfoOnly) for f in logger.filters):
+    logger.addFilter(OwnInfoOnly())
+  use_compilation_cache()
+
+
 def use_compilation_cache() -> None:
   # Compiling a convnet takes tens of seconds on CPU; reuse compiled programs across runs.
   import jax  # here: predicting with an exported model runs without JAX

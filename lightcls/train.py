@@ -89,7 +89,7 @@ class TrainLog:
     self.metrics: TrainMetrics | None = None
     self.epoch_metrics: TrainMetrics | None = None
     self.compiled = False
-    self.live = NotebookLine.if_in_notebook()
+    self.live: NotebookLine | bool | None = None  # at the first step (False: no notebook); none for a finished run
     self.last_line, self.best = 'compiling the train step ...', ''
     self.restart(None)
 
@@ -107,9 +107,21 @@ class TrainLog:
     self.epoch_metrics = metrics if self.epoch_metrics is None else self.epoch_metrics.merge(metrics)
     if step % self.every == 0 or epoch_end:
       self.write(step, epoch)
+    if self.live is None:
+      self.live = NotebookLine.if_in_notebook() or False
     if self.live:
-      filled = 20 * step // self.total_steps
-      self.live.show(f'[{"#" * filled}{"." * (20 - filled)}] {self.last_line}{self.best}', force=epoch_end)
+      self.show_live(step, force=epoch_end)
+
+  def show_live(self, step: int, force: bool = False) -> None:
+    filled = 20 * step // self.total_steps
+    self.live.show(f'[{"#" * filled}{"." * (20 - filled)}] {self.last_line}{self.best}', force=force)
+
+  def evaluated(self, step: int, best_top1: float, best_epoch: int) -> None:
+    """After an epoch's evaluation: the best so far joins the progress line; throughput restarts."""
+    self.best = f' | best eval top-1 {100 * best_top1:.2f}% (epoch {best_epoch})'
+    if self.live:
+      self.show_live(step, force=True)
+    self.restart(step)
 
   def epoch_results(self) -> dict[str, float]:
     """train/loss and train/top1 over the epoch just ended (and a fresh start for the next)."""
@@ -147,8 +159,12 @@ class NotebookLine:
 
   @classmethod
   def if_in_notebook(cls) -> 'NotebookLine | None':
+    """One on process 0 of a Jupyter kernel (an IPython shell with a kernel), else None."""
     import sys
-    return cls() if 'ipykernel' in sys.modules and jax.process_index() == 0 else None
+    if 'IPython' not in sys.modules or jax.process_index() != 0:
+      return None
+    shell = sys.modules['IPython'].get_ipython()
+    return cls() if shell is not None and hasattr(shell, 'kernel') else None
 
   def show(self, text: str, force: bool = False) -> None:
     if force or time.perf_counter() - self.shown > 0.25:  # redrawing costs the kernel a message
@@ -503,8 +519,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # After the logs: a run killed in between redoes this epoch and rewrites its rows (writers truncate
       # what lies past the checkpoint it resumes from); the other order could lose them.
       checkpoint.save(manager, step, state, meta, {checkpoint.BEST_METRIC: results['eval/top1']})
-      log.restart(step)
-      log.best = f' | best eval top-1 {100 * meta["best_top1"]:.2f}% (epoch {meta["best_epoch"]})'
+      log.evaluated(step, meta['best_top1'], meta['best_epoch'])
       logging.info('epoch %d/%d eval | loss %.4f top1 %.2f%% top5 %.2f%% mAP %.2f%% (%d examples) | best %.2f%% '
                    '(epoch %d) | lr %.3g', epoch + 1, num_epochs, results['eval/loss'], 100 * results['eval/top1'],
                    100 * results['eval/top5'], 100 * results['eval/map'], results['eval/examples'],
