@@ -145,7 +145,7 @@ def range_test_figure(test: RangeTest, path: str) -> None:
   axes.set_ylim(low - 0.1 * (high - low), high + 0.3 * (high - low))  # the divergent tail off the chart
   axes.legend()
   figure.tight_layout()
-  figure.savefig(path)
+  _replaced(path, lambda temporary: figure.savefig(temporary, format='png'))
   plt.close(figure)
 
 
@@ -174,12 +174,36 @@ def _optuna():
 
 def _study(config: ml_collections.ConfigDict, folder: str, worker: int):
   optuna = _optuna()
-  storage = config.storage or f'sqlite:///{os.path.abspath(os.path.join(folder, "optuna.db"))}'
+  url = config.storage or f'sqlite:///{os.path.abspath(os.path.join(folder, "optuna.db"))}'
+  # Heartbeats: a trial whose worker died stops beating and is failed after the grace period, so the
+  # workers still running never wait for it.
+  storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                       grace_period=4 * HEARTBEAT_SECONDS)
   pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=0)
             if config.prune else optuna.pruners.NopPruner())
   return optuna.create_study(
       study_name=config.study, storage=storage, direction='maximize', load_if_exists=True, pruner=pruner,
       sampler=optuna.samplers.TPESampler(n_startup_trials=config.startup_trials, seed=worker))
+
+
+HEARTBEAT_SECONDS = 15
+
+
+def finished_trials(study, budget: int) -> list:
+  """The study's first `budget` trials once none of them runs: the last trials of other workers are waited
+  for, so every worker reports the same result."""
+  optuna = _optuna()
+  waiting = None
+  while True:
+    optuna.storages.fail_stale_trials(study)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number < budget]
+    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    if not running:
+      return trials
+    if running != waiting:
+      logging.info('Waiting for trial(s) %s of other workers.', running)
+      waiting = running
+    time.sleep(1)
 
 
 class _BudgetSpent(Exception):
@@ -224,7 +248,7 @@ def optuna_search(run: Setup, config: ml_collections.ConfigDict, folder: str, wo
                  callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=None)])
   trials = [{'number': t.number, 'lr': t.params.get('lr'), 'state': t.state.name, 'value': t.value,
              'top1_by_epoch': [t.intermediate_values[k] for k in sorted(t.intermediate_values)]}
-            for t in study.get_trials(deepcopy=False) if t.number < config.trials]
+            for t in finished_trials(study, config.trials)]
   completed = [t for t in trials if t['state'] == 'COMPLETE']
   if not completed:
     raise RuntimeError(f'No trial of study {config.study!r} completed; widen lr_search.low..high or '
@@ -250,17 +274,26 @@ def optuna_figure(trials: list[dict[str, Any]], path: str) -> None:
   curves.set(xlabel='epoch', ylabel='eval top-1', title='Trials (dashed: pruned)')
   scatter.set(xlabel='learning rate', ylabel='last eval top-1', title='Top-1 by rate (x: pruned)')
   figure.tight_layout()
-  figure.savefig(path)
+  _replaced(path, lambda temporary: figure.savefig(temporary, format='png'))
   plt.close(figure)
 
 
 # Both, as a command and for optimizer.lr='auto'.
 
 
+def _replaced(path: str, write) -> None:
+  """`write(temporary path)`, then renamed to `path`: readers, and other workers writing the same file, never
+  see half of one."""
+  temporary = f'{path}.{os.getpid()}.tmp'
+  write(temporary)
+  os.replace(temporary, path)
+
+
 def _write_json(path: str, data: dict[str, Any]) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(data, f, indent=1)
-  os.replace(path + '.tmp', path)
+  def write(temporary: str) -> None:
+    with open(temporary, 'w') as f:
+      json.dump(data, f, indent=1)
+  _replaced(path, write)
 
 
 def search(run: Setup, workdir: str, worker: int = 0) -> dict[str, Any]:
