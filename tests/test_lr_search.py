@@ -99,28 +99,38 @@ def test_two_workers_share_one_optuna_study_to_its_budget_and_prune_bad_rates(tm
   workdir = tmp_path / 'study'
   os.makedirs(workdir / 'lr_search')
   storage = f'sqlite:///{workdir / "lr_search" / "optuna.db"}'
-  # Known first trials: two good rates, then two whose first epoch must fall below their median.
+  # Batches of 2: an epoch of 718 steps takes long enough for both workers to start trials.
+  overrides = {**CONVEX, 'train.batch_size': 2, 'lr_search.method': 'optuna', 'lr_search.low': 0.001,
+               'lr_search.high': 0.005, 'lr_search.trials': 10, 'lr_search.trial_epochs': 2,
+               'lr_search.startup_trials': 1}
+  # The study starts with a completed trial at a rate better than any of the searched range (0.02 against
+  # 0.001-0.005 at this batch size; measured here as a trial measures): the median rule must then prune
+  # every trial of the workers after its first epoch.
+  run = train.set_up(convex_config(**overrides))
+  state, top1 = run.fresh_state(), []
+  for epoch in range(2):
+    for batch in run.batches(epoch, run.steps_per_epoch):
+      state, _ = run.train_step(state, batch, 0.02)
+    top1.append(run.evaluate(state)[0]['eval/top1'])
   study = optuna.create_study(study_name='lr', storage=storage, direction='maximize')
-  for rate in (0.04, 0.03, 0.001, 0.002):
-    study.enqueue_trial({'lr': rate})
-  overrides = {**CONVEX, 'lr_search.method': 'optuna', 'lr_search.low': 0.001, 'lr_search.high': 0.3,
-               'lr_search.trials': 6, 'lr_search.trial_epochs': 2, 'lr_search.startup_trials': 1}
+  study.add_trial(optuna.trial.create_trial(
+      params={'lr': 0.02}, distributions={'lr': optuna.distributions.FloatDistribution(0.001, 0.02, step=0.001)},
+      value=top1[-1], intermediate_values=dict(enumerate(top1))))
+
   command = [sys.executable, '-m', 'lightcls.lr_search', '--config=configs/quickstart.py', f'--workdir={workdir}',
              *[f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}' for k, v in overrides.items()]]
   workers = [subprocess.Popen([*command, f'--worker={i}'], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [w.communicate(timeout=600)[0] for w in workers]
   assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert all('pruned after epoch 1' in output for output in outputs), outputs  # both took trials
 
-  trials = {t.number: t for t in optuna.load_study(study_name='lr', storage=storage).trials if t.number < 6}
-  assert sorted(trials) == list(range(6))
-  assert all(t.state.name in ('COMPLETE', 'PRUNED') for t in trials.values())
-  by_rate = {t.params['lr']: t for t in trials.values()}
-  assert by_rate[0.001].state.name == by_rate[0.002].state.name == 'PRUNED'
-  assert len(by_rate[0.001].intermediate_values) == 1  # stopped after its first epoch
+  trials = {t.number: t for t in optuna.load_study(study_name='lr', storage=storage).trials if t.number < 10}
+  assert sorted(trials) == list(range(10))
+  assert all(t.state.name == 'PRUNED' and len(t.intermediate_values) == 1 and t.params['lr'] <= 0.005
+             for number, t in trials.items() if number > 0), trials
   with open(workdir / 'lr_search' / 'result.json') as f:
     result = json.load(f)
-  completed = [t for t in trials.values() if t.state.name == 'COMPLETE']
-  assert result['lr'] == max(completed, key=lambda t: t.value).params['lr']
+  assert result['lr'] == 0.02 and result['best_top1'] == top1[-1]
   assert os.path.exists(workdir / 'lr_search' / 'optuna.png')
-  assert all(f"lr {result['lr']:g} (optuna)" in output for output in outputs)  # each waited for the other
+  assert all('lr 0.02 (optuna)' in output for output in outputs)  # each waited for the other's last trial
