@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lightcls import writers
+from lightcls import files, writers
 
 if TYPE_CHECKING:
   from lightcls.train import Setup
@@ -145,7 +145,7 @@ def range_test_figure(test: RangeTest, path: str) -> None:
   axes.set_ylim(low - 0.1 * (high - low), high + 0.3 * (high - low))  # the divergent tail off the chart
   axes.legend()
   figure.tight_layout()
-  _replaced(path, lambda temporary: figure.savefig(temporary, format='png'))
+  files.replaced(path, lambda temporary: figure.savefig(temporary, format='png'))
   plt.close(figure)
 
 
@@ -274,26 +274,11 @@ def optuna_figure(trials: list[dict[str, Any]], path: str) -> None:
   curves.set(xlabel='epoch', ylabel='eval top-1', title='Trials (dashed: pruned)')
   scatter.set(xlabel='learning rate', ylabel='last eval top-1', title='Top-1 by rate (x: pruned)')
   figure.tight_layout()
-  _replaced(path, lambda temporary: figure.savefig(temporary, format='png'))
+  files.replaced(path, lambda temporary: figure.savefig(temporary, format='png'))
   plt.close(figure)
 
 
 # Both, as a command and for optimizer.lr='auto'.
-
-
-def _replaced(path: str, write) -> None:
-  """`write(temporary path)`, then renamed to `path`: readers, and other workers writing the same file, never
-  see half of one."""
-  temporary = f'{path}.{os.getpid()}.tmp'
-  write(temporary)
-  os.replace(temporary, path)
-
-
-def _write_json(path: str, data: dict[str, Any]) -> None:
-  def write(temporary: str) -> None:
-    with open(temporary, 'w') as f:
-      json.dump(data, f, indent=1)
-  _replaced(path, write)
 
 
 def search(run: Setup, workdir: str, worker: int = 0) -> dict[str, Any]:
@@ -318,7 +303,7 @@ def search(run: Setup, workdir: str, worker: int = 0) -> dict[str, Any]:
   finally:
     writer.close()
   if lead:
-    _write_json(os.path.join(folder, 'result.json'), result)
+    files.write_json(os.path.join(folder, 'result.json'), result, indent=1)
   logging.info('Learning-rate search (%s): lr %g. Plot and details in %s.', config.method, result['lr'], folder)
   return result
 

@@ -46,7 +46,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from lightcls import cli, config_utils
+from lightcls import cli, config_utils, files
 
 FLAGS = flags.FLAGS
 NEW, UNFINISHED, DONE = 'new', 'unfinished', 'done'  # what a run's workdir holds before the sweep starts
@@ -316,10 +316,7 @@ class Ledger:
               'runs': [{'name': run.name, 'overrides': run.overrides, 'workdir': run.workdir,
                         'command': shown(run.command), **self.status[run.name]} for run in self.sweep.runs]}
     os.makedirs(self.sweep.workdir, exist_ok=True)
-    path = os.path.join(self.sweep.workdir, 'sweep.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(record, f, indent=2)
-    os.replace(path + '.tmp', path)
+    files.write_json(os.path.join(self.sweep.workdir, 'sweep.json'), record)
 
   def failed(self) -> list[str]:
     return [name for name, status in self.status.items() if status['status'] == 'failed']

@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lightcls import checkpoint, cli, config_utils, metrics as metrics_lib, models, optim, schedules, state as state_lib
+from lightcls import checkpoint, cli, config_utils, files, metrics as metrics_lib, models, optim, schedules, state as state_lib
 from lightcls import export, lr_search, steps, writers
 from lightcls.data import dataset as dataset_lib, pipeline, preview, sources
 from lightcls.metrics import TrainMetrics
@@ -186,11 +186,6 @@ def _save_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> 
     f.write(text)
 
 
-def _write_json(workdir: str, name: str, data: dict[str, Any]) -> None:
-  with open(os.path.join(workdir, name), 'w') as f:
-    json.dump(data, f, indent=2)
-
-
 def _summary(config: ml_collections.ConfigDict, meta: dict[str, Any], num_params: int, step: int,
              base_lr: float) -> dict:
   return {'model': config.model.name, 'params': num_params, 'lr': base_lr, 'steps': step, 'epochs': meta['epoch'],
@@ -275,20 +270,17 @@ def write_epoch(writer, workdir: str, step: int, epoch: int, scalars: dict[str, 
 
 def write_class_report(workdir: str, name: str, report: dict[str, Any]) -> None:
   """`name`.json and `name`.txt in the workdir, each replaced whole (a reader never sees half a file)."""
-  for extension, text in (('json', json.dumps(report, indent=1)), ('txt', metrics_lib.report_text(report))):
-    path = os.path.join(workdir, f'{name}.{extension}')
-    with open(path + '.tmp', 'w') as f:
-      f.write(text)
-    os.replace(path + '.tmp', path)
+  files.write_json(os.path.join(workdir, f'{name}.json'), report, indent=1)
+  files.write_text(os.path.join(workdir, f'{name}.txt'), metrics_lib.report_text(report))
 
 
 def write_predictions(workdir: str, name: str, logits: np.ndarray, labels: np.ndarray) -> None:
   """`name`.npz: the eval split's argmax predictions and labels, in the split's fixed order (reports compare
   runs example by example), replaced whole."""
-  path = os.path.join(workdir, f'{name}.npz')
-  with open(path + '.tmp', 'wb') as f:
-    np.savez(f, predictions=np.argmax(logits, -1).astype(np.int32), labels=labels.astype(np.int32))
-  os.replace(path + '.tmp', path)
+  def write(temporary: str) -> None:
+    with open(temporary, 'wb') as f:  # (a file, not a name: np.savez would add '.npz' to the name)
+      np.savez(f, predictions=np.argmax(logits, -1).astype(np.int32), labels=labels.astype(np.int32))
+  files.replaced(os.path.join(workdir, f'{name}.npz'), write)
 
 
 def exports(config: ml_collections.ConfigDict, workdir: str, source: dataset_lib.Dataset) -> dict[str, str]:
@@ -449,7 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   dataset, batch_size = run.dataset, config.train.batch_size
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    _write_json(workdir, 'data_report.json', run.data_report)
+    files.write_json(os.path.join(workdir, 'data_report.json'), run.data_report)
   steps_per_epoch = run.steps_per_epoch
   total_steps = config_utils.resolve_steps(config.train, 'total', steps_per_epoch)
   num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -534,10 +526,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   summary = _summary(config, meta, num_params, step, base_lr)
   if jax.process_index() == 0:
-    _write_json(workdir, 'summary.json', summary)
+    files.write_json(os.path.join(workdir, 'summary.json'), summary)
     if config.export.formats:  # after the summary is safe: an export can take minutes
       summary['exports'] = exports(config, workdir, run.source)
-      _write_json(workdir, 'summary.json', summary)
+      files.write_json(os.path.join(workdir, 'summary.json'), summary)
   logging.info('Done: best eval top-1 %.2f%% at epoch %d; %s parameters; %s of training.',
                100 * summary['best_top1'], summary['best_epoch'], f'{num_params:,}',
                cli.duration(summary['train_seconds']))

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from lightcls import files
+
 
 class JsonlWriter:
   """Appends one JSON object per write to a file: {"step": ..., "time": ..., "train/loss": ...}."""
@@ -32,10 +34,7 @@ class JsonlWriter:
       return
     with open(self.path) as f:
       kept = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)  # atomic: a kill here leaves the old or the new file, never half of one
+    files.write_text(self.path, ''.join(kept))
 
   def _write(self, record: Mapping[str, Any]) -> None:
     self._file.write(json.dumps(record) + '\n')

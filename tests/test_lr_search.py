@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import quickstart
 from lightcls import lr_search, train
-from tests.helpers import REPO
+from tests.helpers import REPO, small_config
 
 CONVEX = {'model.name': 'linear', 'data.image_size': 8, 'optimizer.name': 'sgd', 'optimizer.momentum': 0.0,
           'optimizer.weight_decay': 0.0, 'train.batch_size': 16, 'train.eval_batch_size': 64,
@@ -19,11 +18,7 @@ CONVEX = {'model.name': 'linear', 'data.image_size': 8, 'optimizer.name': 'sgd',
 
 
 def convex_config(**overrides):
-  config = quickstart.get_config()
-  for key, value in {**CONVEX, **overrides}.items():
-    section, name = key.split('.')
-    config[section][name] = value
-  return config
+  return small_config(**{**CONVEX, **overrides})
 
 
 @pytest.fixture(scope='module')
