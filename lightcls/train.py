@@ -431,8 +431,8 @@ def set_up(config: ml_collections.ConfigDict, dataset: dataset_lib.Dataset | Non
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: dataset_lib.Dataset | None = None) -> Result:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns its summary and paths.
-  Interrupted (KeyboardInterrupt, a notebook's stop button), it finishes writing and returns nothing; called
-  again, it resumes from the latest checkpoint, reusing the compiled steps of the same config.
+  Interrupted (KeyboardInterrupt, a notebook's stop button), it completes the checkpoint being written and
+  re-raises; called again, it resumes from the latest checkpoint, reusing the compiled steps of the config.
 
   `dataset` replaces the configured source (use `lightcls.data.sources.from_arrays` for numpy arrays).
   With `config.optimizer.lr='auto'` the learning rate is searched first (lr_search.py; once per workdir).
