@@ -21,5 +21,13 @@ def write_text(path: str, text: str) -> None:
   replaced(path, write)
 
 
+def read_json(path: str) -> Any | None:
+  """The file's JSON, or None where there is no file."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def write_json(path: str, data: Any, indent: int = 2) -> None:
   write_text(path, json.dumps(data, indent=indent))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 import time
@@ -27,13 +26,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from lightcls import files, writers
 
 if TYPE_CHECKING:
   from lightcls.train import Setup
 
+FLAGS = flags.FLAGS
 METHODS = ('range_test', 'optuna')
 FOLDER = 'lr_search'
 
@@ -67,14 +67,24 @@ def range_rates(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
   return np.geomspace(min_lr, max_lr, steps)
 
 
+class SmoothedLoss:
+  """The exponential moving average of the losses added, giving each new one `weight`, debiased (as Adam's
+  moments) so its first values are not pulled towards zero."""
+
+  def __init__(self, weight: float):
+    self.weight, self.average, self.count = weight, 0.0, 0
+
+  def add(self, loss: float) -> float:
+    """The smoothed loss with `loss` added."""
+    self.average = (1 - self.weight) * self.average + self.weight * loss
+    self.count += 1
+    return self.average / (1 - (1 - self.weight) ** self.count)
+
+
 def smoothed(losses: np.ndarray, weight: float) -> np.ndarray:
-  """The exponential moving average of `losses` giving each new loss `weight`, debiased (as Adam's moments)
-  so its first values are not pulled towards zero."""
-  average, out = 0.0, np.empty(len(losses))
-  for i, loss in enumerate(losses):
-    average = (1 - weight) * average + weight * loss
-    out[i] = average / (1 - (1 - weight) ** (i + 1))
-  return out
+  """`SmoothedLoss` after each of `losses`."""
+  average = SmoothedLoss(weight)
+  return np.array([average.add(loss) for loss in losses])
 
 
 def steepest_descent(rates: np.ndarray, losses: np.ndarray, skip_start: int = 10, skip_end: int = 5) -> float:
@@ -112,11 +122,11 @@ def range_test(run: Setup, config: ml_collections.ConfigDict, writer=None) -> Ra
     logging.info('Range test: warm-up epoch %d/%d at lr %g done.', epoch + 1, config.warmup_epochs,
                  config.warmup_lr)
   rates = range_rates(config.min_lr, config.max_lr, config.steps or run.steps_per_epoch)
-  losses, started, best = [], time.perf_counter(), math.inf
+  losses, smoothing, started, best = [], SmoothedLoss(config.smoothing), time.perf_counter(), math.inf
   for i, (rate, batch) in enumerate(zip(rates, _endless_batches(run, config.warmup_epochs))):
     state, metrics = run.train_step(state, batch, float(rate))
     losses.append(float(metrics.compute()['loss']))  # waits for the step: the next depends on divergence
-    average = smoothed(np.array(losses), config.smoothing)[-1]
+    average = smoothing.add(losses[-1])
     best = min(best, average)
     if writer:
       writer.write_scalars(i, {'lr_search/learning_rate': rate, 'lr_search/loss': losses[-1],
@@ -309,11 +319,7 @@ def search(run: Setup, workdir: str, worker: int = 0) -> dict[str, Any]:
 
 
 def earlier_result(workdir: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, FOLDER, 'result.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(os.path.join(workdir, FOLDER, 'result.json'))
 
 
 def chosen_lr(run: Setup, workdir: str) -> float:
@@ -327,24 +333,21 @@ def chosen_lr(run: Setup, workdir: str) -> float:
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags
-
   from lightcls import cli, config_utils, train
   cli.start(argv)
-  flags_ = flags.FLAGS
-  result = earlier_result(flags_.workdir)
-  if result is None or result['method'] != flags_.config.lr_search.method:
+  result = earlier_result(FLAGS.workdir)
+  if result is None or result['method'] != FLAGS.config.lr_search.method:
     try:
-      run = train.set_up(flags_.config)
+      run = train.set_up(FLAGS.config)
     except config_utils.ConfigError as error:
       logging.flush()
       raise SystemExit(f'lightcls: {error}') from None
-    result = search(run, flags_.workdir, flags_.worker)
-  print(f"lr {result['lr']:g} ({result['method']}); details in {os.path.join(flags_.workdir, FOLDER)}")
+    result = search(run, FLAGS.workdir, FLAGS.worker)
+  print(f"lr {result['lr']:g} ({result['method']}); details in {os.path.join(FLAGS.workdir, FOLDER)}")
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import app
 
   from lightcls import cli
   cli.define_config_flag()

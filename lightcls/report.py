@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import app, flags
 
-from lightcls import cli, metrics as metrics_lib, writers
+from lightcls import cli, files, metrics as metrics_lib, writers
 
 HPARAMS_METRICS = (('eval/top1', 'eval top-1'), ('eval/loss', 'eval loss'), ('eval/map', 'eval mAP'))
 HPARAMS_SUFFIX = '.lightcls-report'  # marks the event file this command writes (and replaces) in a logdir
@@ -74,11 +74,6 @@ class Run:
 
 
 # Reading runs
-
-
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
@@ -137,8 +132,8 @@ def read_runs(paths: Sequence[str]) -> list[Run]:
   for folder in folders:
     summary_path = os.path.join(folder, 'summary.json')
     runs.append(Run(name=os.path.relpath(folder, parent), path=folder,
-                    config=_read_json(os.path.join(folder, 'config.json')),
-                    summary=_read_json(summary_path) if os.path.exists(summary_path) else None,
+                    config=files.read_json(os.path.join(folder, 'config.json')),
+                    summary=files.read_json(summary_path),
                     rows=_read_rows(os.path.join(folder, 'metrics.jsonl'))))
   return runs
 
@@ -309,7 +304,7 @@ class Predictions:
 def _class_names(run: Run, num_classes: int) -> list[str]:
   path = os.path.join(run.path, 'class_report_best.json')
   if os.path.exists(path):
-    return [row['name'] for row in _read_json(path)['classes']]
+    return [row['name'] for row in files.read_json(path)['classes']]
   return [str(c) for c in range(num_classes)]
 
 

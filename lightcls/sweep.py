@@ -207,17 +207,10 @@ def differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
           if saved[key] != wanted[key]]
 
 
-def read_json(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def workdir_state(name: str, workdir: str, config: dict[str, Any]) -> str:
   """NEW, UNFINISHED or DONE (summary.json, and the export the config asks for); SweepError if the workdir
   holds a run of another config."""
-  saved = read_json(os.path.join(workdir, 'config.json'))
+  saved = files.read_json(os.path.join(workdir, 'config.json'))
   if saved is None:
     return NEW
   changed = differences(saved, config)
@@ -225,7 +218,7 @@ def workdir_state(name: str, workdir: str, config: dict[str, Any]) -> str:
     more = f'; and {len(changed) - 4} more' if len(changed) > 4 else ''
     raise SweepError(f'run {name!r}: {workdir} holds a run of another config ({"; ".join(changed[:4])}{more}). '
                      'Give the sweep another --workdir or the run another name, or delete that workdir to start over.')
-  summary = read_json(os.path.join(workdir, 'summary.json'))
+  summary = files.read_json(os.path.join(workdir, 'summary.json'))
   finished = summary is not None and ('exports' in summary or not config['export']['formats'])
   return DONE if finished else UNFINISHED
 
@@ -280,7 +273,7 @@ def shown(command: Sequence[str]) -> str:
 
 
 def best_top1(workdir: str) -> float | None:
-  return (read_json(os.path.join(workdir, 'summary.json')) or {}).get('best_top1')
+  return (files.read_json(os.path.join(workdir, 'summary.json')) or {}).get('best_top1')
 
 
 def percent(top1: float | None) -> str:
