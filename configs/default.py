@@ -183,6 +183,23 @@ def get_config() -> ml_collections.ConfigDict:
   train.total_steps = placeholder(int)
   train.log_every_steps = 50
   train.keep_best = 1                 # best checkpoints kept besides the latest
+  train.checkpoint_every_epochs = 1   # checkpoint after every this many epochs' evaluations (and the last) ...
+  train.checkpoint_every_steps = placeholder(int)  # ... and every this many steps in between (None: never);
+                                      # a SIGTERM (preemption notice) also checkpoints, then exits with 143
+  train.on_nonfinite = 'stop'         # NaN/Inf loss or gradient: stop | restore (the last checkpoint, then go
+  train.nonfinite_lr_factor = 0.1     # on with the learning rate x this factor, at most `nonfinite_retries`
+  train.nonfinite_retries = 3         # times in the run)
+
+  # Several processes training one model (hosts of a TPU pod or a GPU cluster, one process per GPU): each
+  # reads its rows of every global batch, only process 0 writes logs (see README, "Scaling out"). Unset
+  # values come from the cluster's environment as JAX detects it (SLURM, Open MPI, Cloud TPU).
+  config.distributed = distributed = ml_collections.ConfigDict()
+  distributed.initialize = 'auto'     # auto: when a value below is set or the environment runs several processes
+                                      # (JAX_COORDINATOR_ADDRESS, a SLURM step or Open MPI job of several tasks,
+                                      # TPU_WORKER_HOSTNAMES of several hosts) | always (a Cloud TPU VM pod) | never
+  distributed.coordinator_address = placeholder(str)  # 'host:port' of process 0, reachable from every process
+  distributed.num_processes = placeholder(int)        # processes in all
+  distributed.process_id = placeholder(int)           # this process's index, 0 .. num_processes - 1
 
   # python -m lightcls.export takes its defaults from here; with formats set, the run exports its best
   # checkpoint when training ends (see README, "Deploy").

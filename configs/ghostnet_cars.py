@@ -79,6 +79,8 @@ def c50():
   config.early_stop.monitor = 'eval/loss'
   config.train.batch_size = 64
   config.train.total_epochs = 200.0
+  config.train.checkpoint_every_steps = 50  # Colab sessions end without notice: lose at most 50 of the 128 steps
+                                            # of an epoch (the same command resumes)
   config.export.formats = ('tflite',)
   config.export.quantize = 'int8'
   config.export.raw_input = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -26,23 +27,63 @@ def create_manager(workdir: str, keep_best: int = 1) -> ocp.CheckpointManager:
       policies.LatestN(1),
       policies.BestN(get_metric_fn=score, n=keep_best, keep_checkpoints_without_metrics=False),
   ])
+  # cleanup_tmp_directories: a save cut short (a killed process) leaves a temporary directory, never a
+  # step directory; the next run deletes it.
   options = ocp.CheckpointManagerOptions(preservation_policy=preserve, best_fn=score, best_mode='max',
-                                         create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
-                               item_names=('state', 'meta'), options=options)
+                                         create=True, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')), options=options,
+                               item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                              'meta': ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],
-         metrics: dict[str, float]) -> None:
-  """Saves asynchronously; `meta` holds the host-side loop state (JSON), `metrics` ranks the best."""
+         metrics: dict[str, float] | None) -> None:
+  """Saves asynchronously; `meta` holds the host-side loop state (JSON), `metrics` ranks the best (None for
+  a checkpoint between evaluations: kept only while it is the latest)."""
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                metrics=metrics)
 
 
+def incompatibility(manager: ocp.CheckpointManager, step: int, like: Any) -> str | None:
+  """How checkpoint `step` differs from the state `like` (other model, classes, optimizer, EMA), in a few
+  examples; None if it fits. Weights are compared by name and shape; the optimizer state, whose containers
+  Orbax stores in its own form, by the shapes it holds."""
+  saved = manager.item_metadata(step)['state']
+  wanted = flax.serialization.to_state_dict(like)
+  differences = []
+  for part in ('params', 'batch_stats', 'ema'):
+    ours, theirs = _shapes(wanted.get(part)), _shapes(saved.get(part))
+    differences += [f'{part}{key}: checkpoint {theirs.get(key, "none")}, this config {ours.get(key, "none")}'
+                    for key in sorted(ours.keys() | theirs.keys()) if ours.get(key) != theirs.get(key)]
+  if not differences and (sorted(_shapes(wanted['opt_state']).values()) !=
+                          sorted(_shapes(saved['opt_state']).values())):
+    differences.append('the optimizer state (another optimizer.name, or options that add state)')
+  if not differences:
+    return None
+  return f'{len(differences)} differences, e.g. ' + '; '.join(differences[:3])
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, 'shape')}
+
+
+def abstract(state: Any) -> Any:
+  """The shapes, dtypes and shardings of `state`: what a restore needs of it, kept after its arrays are gone
+  (the train step donates them)."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def committed_steps(workdir: str) -> list[int]:
+  """The steps of the complete checkpoints in `workdir` (a save cut short leaves only a temporary directory)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
+
+
 def restore(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-  """Restores checkpoint `step` into the structure, dtypes and shardings of `like` (any device count)."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+  """Restores checkpoint `step` into the structure, dtypes and shardings of `like` (arrays or their
+  `abstract`; any device count)."""
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract(like)),
                                                            meta=ocp.args.JsonRestore()))
   return restored['state'], restored['meta']
 
@@ -61,8 +102,11 @@ def read(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[st
       raise FileNotFoundError(f'{directory} holds no complete checkpoint')
   elif step not in manager.all_steps():
     raise ValueError(f'{workdir} has no checkpoint of step {step}; it has steps {sorted(manager.all_steps())}.')
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                           meta=ocp.args.JsonRestore()))
+  # Onto this process's first device when the devices that saved it are not all here (a run of 8 devices
+  # or of several hosts, read on one).
+  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(fallback_sharding=fallback), meta=ocp.args.JsonRestore()))
   manager.close()
   return restored['state'], restored['meta'], step
 

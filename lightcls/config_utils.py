@@ -81,12 +81,22 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
     models.create_model(config.model, num_classes=2)
   except ValueError as error:
     raise ConfigError(f'config.{error}') from None
+  if config.data.image_size < models.smallest_image(config.model):
+    hint = '' if config.model.small_input else ', or set model.small_input=True (total stride 8) for small images'
+    raise ConfigError(f'config.data.image_size={config.data.image_size} is too small for {config.model.name}: its '
+                      f'total stride is {models.total_stride(config.model)}, so its last stages would see a 1x1 map '
+                      f'of padding. Give data.image_size >= {models.smallest_image(config.model)}{hint}.')
   if config.optimizer.lr != 'auto':
     if isinstance(config.optimizer.lr, str) or isinstance(config.optimizer.lr, bool):
       raise ConfigError(f"config.optimizer.lr={config.optimizer.lr!r}: give a number, or 'auto' to search for "
                         'it first (config.lr_search).')
     positive('optimizer.lr', config.optimizer.lr)
-  for key in ('data.image_size', 'model.width', 'train.log_every_steps', 'train.keep_best'):
+  choice('train.on_nonfinite', config.train.on_nonfinite, ('stop', 'restore'))
+  if not 0 < config.train.nonfinite_lr_factor < 1:
+    raise ConfigError(f'config.train.nonfinite_lr_factor must be in (0, 1); got {config.train.nonfinite_lr_factor}.')
+  positive('train.checkpoint_every_steps', config.train.checkpoint_every_steps, allow_none=True)
+  for key in ('data.image_size', 'model.width', 'train.log_every_steps', 'train.keep_best',
+              'train.checkpoint_every_epochs', 'train.nonfinite_retries'):
     section, name = key.split('.')
     positive(key, config[section][name])
   positive('train.total_epochs', config.train.total_epochs, allow_none=config.train.total_steps is not None)

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from lightcls import files, writers
+from lightcls import config_utils, files, writers
 
 if TYPE_CHECKING:
   from lightcls.train import Setup
@@ -307,6 +307,10 @@ def search(run: Setup, workdir: str, worker: int = 0) -> dict[str, Any]:
       if lead:
         range_test_figure(test, os.path.join(folder, 'range_test.png'))
     else:
+      if jax.process_count() > 1:  # each process would draw a trial of its own; their steps need one rate
+        raise config_utils.ConfigError(
+            "config.lr_search.method='optuna' needs a single process: run python -m lightcls.lr_search in one "
+            "(machines can share a study through lr_search.storage), or use method='range_test'.")
       result = {'method': 'optuna', **optuna_search(run, config, folder, worker, writer)}
       if lead:
         optuna_figure(result['trials'], os.path.join(folder, 'optuna.png'))
@@ -333,16 +337,16 @@ def chosen_lr(run: Setup, workdir: str) -> float:
 
 
 def main(argv: list[str]) -> None:
-  from lightcls import cli, config_utils, train
+  from lightcls import cli, distributed, train
   cli.start(argv)
   result = earlier_result(FLAGS.workdir)
   if result is None or result['method'] != FLAGS.config.lr_search.method:
     try:
-      run = train.set_up(FLAGS.config)
+      distributed.initialize(FLAGS.config)
+      result = search(train.set_up(FLAGS.config), FLAGS.workdir, FLAGS.worker)
     except config_utils.ConfigError as error:
       logging.flush()
       raise SystemExit(f'lightcls: {error}') from None
-    result = search(run, FLAGS.workdir, FLAGS.worker)
   print(f"lr {result['lr']:g} ({result['method']}); details in {os.path.join(FLAGS.workdir, FOLDER)}")
 
 

@@ -25,12 +25,56 @@ class Top5(metrics.Average):
     return super().from_model_output(values=top_k_correct(logits, labels, 5), mask=mask)
 
 
+NO_BAD_STEP = np.iinfo(np.int32).max
+
+
+@flax.struct.dataclass
+class FirstNonfiniteStep(metrics.Metric):
+  """The first step whose loss or gradient norm was NaN or infinite; NO_BAD_STEP if none was. A min over the
+  steps merged, so the host learns the exact step while it reads metrics only every few steps."""
+  step: jax.Array
+
+  @classmethod
+  def empty(cls) -> 'FirstNonfiniteStep':
+    return cls(step=jnp.array(NO_BAD_STEP, jnp.int32))
+
+  @classmethod
+  def from_model_output(cls, *, loss: jax.Array, grad_norm: jax.Array, step: jax.Array, **_):
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return cls(step=jnp.where(finite, NO_BAD_STEP, step).astype(jnp.int32))
+
+  def merge(self, other: 'FirstNonfiniteStep') -> 'FirstNonfiniteStep':
+    return type(self)(step=jnp.minimum(self.step, other.step))
+
+  def compute(self) -> jax.Array:
+    return self.step
+
+
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output('loss')
   top1: metrics.Accuracy
   top5: Top5
   learning_rate: metrics.LastValue.from_output('learning_rate')
+  grad_norm: metrics.Average.from_output('grad_norm')  # global L2 norm of the gradient the update used
+  first_nonfinite_step: FirstNonfiniteStep
+
+
+def metrics_state(collection: 'TrainMetrics | None') -> 'dict | None':
+  """Accumulated train metrics as JSON-able nested lists (saved with a checkpoint: a run resumed mid-way
+  through a logging window or an epoch continues its sums exactly)."""
+  if collection is None:
+    return None
+  return jax.tree.map(lambda x: np.asarray(x).tolist(), flax.serialization.to_state_dict(collection))
+
+
+def metrics_from_state(saved: 'dict | None') -> 'TrainMetrics | None':
+  """The inverse of `metrics_state`, in the dtypes the train step gives (float32 round-trips through JSON)."""
+  if saved is None:
+    return None
+  template = TrainMetrics.empty()
+  restored = flax.serialization.from_state_dict(template, saved)
+  return jax.tree.map(lambda t, v: jnp.asarray(np.asarray(v, np.asarray(t).dtype)), template, restored)
 
 
 # Host-side evaluation metrics: numpy over the gathered logits (N, C), integer labels (N,) and losses (N,).

@@ -95,6 +95,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: fl
     _, grads = gradient(jax.tree.map(jnp.add, state.params, ascent))
     grads = without_frozen(grads, frozen)
   learning_rate = jnp.asarray(learning_rate, jnp.float32)
+  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
   old_params = state.params
   state = state.apply_gradients(grads, batch_stats, learning_rate)
   if frozen:  # weight decay would still move them
@@ -102,8 +103,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: fl
                                   for name, p in state.params.items()})
   if ema_decay:  # state.step now counts this update
     state = state.replace(ema=optim.ema_update(state.ema, state.variables, optim.ema_decay(ema_decay, state.step)))
+  # (state.step now counts this update: it is the step number the host logs)
   metrics = TrainMetrics.single_from_model_output(loss=loss, logits=logits, labels=labels,
-                                                  learning_rate=learning_rate)
+                                                  learning_rate=learning_rate, grad_norm=grad_norm,
+                                                  step=state.step)
   return state, metrics
 
 

@@ -24,7 +24,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lightcls import checkpoint, cli, config_utils, files, metrics as metrics_lib, models, optim, schedules, state as state_lib
-from lightcls import export, lr_search, steps, writers
+from lightcls import export, failures, lr_search, steps, writers
 from lightcls.data import dataset as dataset_lib, pipeline, preview, sources
 from lightcls.metrics import TrainMetrics
 from lightcls.models import convert, mutual
@@ -37,6 +37,11 @@ def data_mesh() -> jax.sharding.Mesh:
 
 def check_data(config: ml_collections.ConfigDict, dataset: dataset_lib.Dataset) -> None:
   """Config values that only the data can contradict; still before anything is compiled."""
+  for name, split in (('train', dataset.train), ('eval', dataset.eval)):
+    if len(split) == 0:
+      raise config_utils.ConfigError(
+          f'The {name} split is empty (config.data.source={config.data.source!r}, '
+          f'{name}_split={config.data[f"{name}_split"]!r}); point config.data at a split with images.')
   channels = dataset.train.images.shape[-1]
   if len(config.data.mean) not in (1, channels):
     raise config_utils.ConfigError(
@@ -128,12 +133,27 @@ class TrainLog:
     computed, self.epoch_metrics = self.epoch_metrics.compute(), None
     return {'train/loss': float(computed['loss']), 'train/top1': float(computed['top1'])}
 
+  def state_dict(self) -> dict[str, Any]:
+    """The sums not yet written (saved with a checkpoint, so a resumed run logs what this one would have)."""
+    return {'window': metrics_lib.metrics_state(self.metrics), 'epoch': metrics_lib.metrics_state(self.epoch_metrics)}
+
+  def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+    saved = saved or {}
+    self.metrics = metrics_lib.metrics_from_state(saved.get('window'))
+    self.epoch_metrics = metrics_lib.metrics_from_state(saved.get('epoch'))
+
+  def check(self) -> None:
+    """Raises NonFinite if a step since the last write had a NaN/Inf loss or gradient (before a checkpoint
+    would keep its state)."""
+    if self.metrics is not None:
+      first_bad = int(self.metrics.first_nonfinite_step.compute())
+      if first_bad != metrics_lib.NO_BAD_STEP:
+        raise failures.NonFinite(first_bad)
+
   def write(self, step: int, epoch: int) -> None:
-    scalars = {f'train/{k}': float(v) for k, v in self.metrics.compute().items()}
+    self.check()
+    scalars = {f'train/{k}': float(v) for k, v in self.metrics.compute().items() if k != 'first_nonfinite_step'}
     self.metrics = None
-    if not math.isfinite(scalars['train/loss']):
-      raise FloatingPointError(f'The training loss is {scalars["train/loss"]} at step {step}; lower '
-                               'config.optimizer.lr or check the data.')
     speed = ''
     if step > self.since_step:
       steps_per_second = (step - self.since_step) / (time.perf_counter() - self.since_time)
@@ -182,8 +202,7 @@ def _save_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> 
     os.replace(path, os.path.join(workdir, f'config.before_step_{step}.json'))
     logging.warning('The config differs from the one this workdir was started with; the old one is kept as '
                     'config.before_step_%d.json.', step)
-  with open(path, 'w') as f:
-    f.write(text)
+  files.write_text(path, text)
 
 
 def _summary(config: ml_collections.ConfigDict, meta: dict[str, Any], num_params: int, step: int,
@@ -392,10 +411,11 @@ class Setup:
   def num_params(self) -> int:
     return state_lib.parameter_count(self.state)
 
-  def batches(self, epoch: int, steps: int) -> Iterator[dict[str, jax.Array]]:
-    """The first `steps` global batches of `epoch` (shuffled by config.seed and the epoch), prefetched."""
+  def batches(self, epoch: int, steps: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
+    """`steps` global batches of `epoch` (shuffled by config.seed and the epoch) from its `start`th on,
+    prefetched."""
     batches = pipeline.train_batches(self.dataset.train, self.config.train.batch_size, self.config.seed, epoch,
-                                     jax.process_index(), jax.process_count())
+                                     jax.process_index(), jax.process_count(), start)
     return pipeline.prefetched(itertools.islice(global_batches(batches, self.batch_sharding), steps))
 
   def fresh_state(self) -> state_lib.TrainState:
@@ -431,106 +451,239 @@ def set_up(config: ml_collections.ConfigDict, dataset: dataset_lib.Dataset | Non
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: dataset_lib.Dataset | None = None) -> Result:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint) and returns its summary and paths.
+
   Interrupted (KeyboardInterrupt, a notebook's stop button), it completes the checkpoint being written and
   re-raises; called again, it resumes from the latest checkpoint, reusing the compiled steps of the config.
+  A SIGTERM makes it checkpoint after the current step and raise failures.Preempted. A run that cannot go on
+  (unwritable workdir, full disk, device out of memory, NaN/Inf, another model's checkpoint in the workdir)
+  raises failures.RunError saying what to do; what it wrote before stays intact.
 
   `dataset` replaces the configured source (use `lightcls.data.sources.from_arrays` for numpy arrays).
   With `config.optimizer.lr='auto'` the learning rate is searched first (lr_search.py; once per workdir).
   """
-  run = set_up(config, dataset)
-  dataset, batch_size = run.dataset, config.train.batch_size
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, 'data_report.json'), run.data_report)
-  steps_per_epoch = run.steps_per_epoch
-  total_steps = config_utils.resolve_steps(config.train, 'total', steps_per_epoch)
-  num_epochs = math.ceil(total_steps / steps_per_epoch)
-  milestones = config_utils.resolve_steps(config.schedule, 'milestones', steps_per_epoch) or ()
-  base_lr = lr_search.chosen_lr(run, workdir) if config.optimizer.lr == 'auto' else config.optimizer.lr
-  learning_rate = schedules.create_learning_rate(config.schedule, base_lr, steps_per_epoch,
-                                                 total_steps / steps_per_epoch, milestones)
-  early_stop = schedules.EarlyStopping(config.early_stop)
-  logging.info('%d training / %d eval examples, %d classes; %d steps of batch %d (%d epochs of %d steps) '
-               'on %d device(s).', len(dataset.train), len(dataset.eval), dataset.num_classes, total_steps,
-               batch_size, num_epochs, steps_per_epoch, jax.device_count())
-
-  state, num_params = run.state, run.num_params
-  logging.info('%s: %s parameters.', config.model.name, f'{num_params:,}')
-  manager = checkpoint.create_manager(workdir, config.train.keep_best)
-  meta = {'epoch': 0, 'best_top1': None, 'best_epoch': None, 'best_step': None, 'last_eval': {},
-          'train_seconds': 0.0, 'stop_reason': None, 'learning_rate': None, 'early_stop': None}
-  resume_step = manager.latest_step()
-  if resume_step is not None:
-    state, restored = checkpoint.restore(manager, resume_step, state)
-    meta.update(restored)
-    if meta['learning_rate'] is not None:  # (absent from runs of versions before plateau schedules)
-      learning_rate.load_state_dict(meta['learning_rate'])
-      early_stop.load_state_dict(meta['early_stop'])
-    logging.info('Resumed from the checkpoint of step %d (epoch %d).', resume_step, meta['epoch'])
-  elif config.init.checkpoint:
-    state = with_initial_weights(state, config.init, run.model, dataset.train.images.shape[1:], run.replicated)
-  if jax.process_index() == 0:
-    _save_config(workdir, config, resume_step or 0)
-  writer = writers.create_writer(workdir, resume_step)
-  if resume_step is None:
-    # The rate trained with, also when searched ('auto'): the hparams view compares numbers.
-    writer.write_hparams({**writers.flat_hparams(config.to_dict()), 'optimizer.lr': base_lr,
-                          'model.params': num_params})
-    writer.write_texts(0, {'model/parameters': f'{config.model.name}: {num_params:,} parameters'})
-    if jax.process_index() == 0:  # what the augmentation makes of a few training images
-      writer.write_images(0, {'images/augmented': preview.training_grid(config, dataset.train, dataset.class_names,
-                                                                        seed=config.seed)[None]})
-
-  step = int(state.step)
-  log = TrainLog(writer, config.train.log_every_steps, total_steps, num_epochs, batch_size)
-  started = time.perf_counter() - meta['train_seconds']
+  config_utils.validate(config, jax.device_count())  # a bad config writes nothing, not even the workdir
+  failures.check_writable(workdir)
   try:
-    for epoch in range(meta['epoch'], num_epochs if step < total_steps and not meta['stop_reason'] else 0):
-      for batch in run.batches(epoch, total_steps - step):
-        state, metrics = run.train_step(state, batch, learning_rate(step))
-        step += 1
-        log.add(step, epoch, metrics, epoch_end=step % steps_per_epoch == 0 or step == total_steps)
+    with failures.PreemptionNotice() as notice:  # from the start: a notice during loading or compiling counts
+      return _trained(config, workdir, dataset, notice)
+  except Exception as error:
+    explained = _explained(error, config, workdir)
+    if explained is None:
+      raise
+    raise explained from error
 
-      epoch_rate = learning_rate(step - 1)
-      results, logits, labels = run.evaluate(state)
-      if state.ema is not None:
-        results.update(run.evaluate(state.with_ema_variables(), prefix='eval_ema')[0])
-      train_results = log.epoch_results()
-      epoch_results = {**results, **train_results}
-      for controller in (learning_rate, early_stop):
-        controller.end_epoch(epoch + 1, epoch_results)
-      meta = _after_eval(meta, results, epoch, step, time.perf_counter() - started)
-      meta.update(learning_rate=learning_rate.state_dict(), early_stop=early_stop.state_dict(),
-                  stop_reason=learning_rate.stop_reason or early_stop.stop_reason)
-      write_epoch(writer, workdir, step, epoch + 1,
-                  {**results, 'learning_rate': epoch_rate,
-                   **{k.replace('train/', 'train/epoch_'): v for k, v in train_results.items()}},
-                  metrics_lib.class_report(logits, labels, dataset.class_names), meta['best_epoch'] == epoch + 1)
-      if jax.process_index() == 0 and meta['best_epoch'] == epoch + 1:
-        write_predictions(workdir, 'predictions_best', logits, labels)
-      # After the logs: a run killed in between redoes this epoch and rewrites its rows (writers truncate
-      # what lies past the checkpoint it resumes from); the other order could lose them.
-      checkpoint.save(manager, step, state, meta, {checkpoint.BEST_METRIC: results['eval/top1']})
-      log.evaluated(step, meta['best_top1'], meta['best_epoch'])
-      logging.info('epoch %d/%d eval | loss %.4f top1 %.2f%% top5 %.2f%% mAP %.2f%% (%d examples) | best %.2f%% '
-                   '(epoch %d) | lr %.3g', epoch + 1, num_epochs, results['eval/loss'], 100 * results['eval/top1'],
-                   100 * results['eval/top5'], 100 * results['eval/map'], results['eval/examples'],
-                   100 * meta['best_top1'], meta['best_epoch'], epoch_rate)
-      if meta['stop_reason']:
-        logging.info('Stopped after epoch %d of %d: %s', epoch + 1, num_epochs, meta['stop_reason'])
-        break
+
+def _explained(error: Exception, config: ml_collections.ConfigDict, workdir: str) -> failures.RunError | None:
+  """The RunError telling what to do about `error`, where it is a known failure of the machine."""
+  why = failures.write_failure(error, workdir)
+  if why:
+    return failures.write_error(workdir, why, checkpoint.committed_steps(workdir))
+  if failures.out_of_memory(error):
+    return failures.out_of_memory_error(config, error)
+  return None
+
+
+def _trained(config: ml_collections.ConfigDict, workdir: str, dataset: dataset_lib.Dataset | None,
+             notice: failures.PreemptionNotice) -> Result:
+  run = set_up(config, dataset)
+  manager = checkpoint.create_manager(workdir, config.train.keep_best)
+  loop = None
+  try:
+    resume_step = manager.latest_step()
+    if resume_step is not None:
+      _check_resumable(manager, resume_step, run.state, workdir)
+    loop = _Loop(config, workdir, run, manager, resume_step)
+    loop.run_to_end(notice)
   finally:  # an error mid-run still completes the checkpoint being written and flushes the logs
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    try:
+      manager.wait_until_finished()
+    finally:
+      manager.close()
+      if loop is not None:
+        loop.writer.close()
 
-  summary = _summary(config, meta, num_params, step, base_lr)
+  summary = _summary(config, loop.meta, run.num_params, loop.step, loop.base_lr)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, 'summary.json'), summary)
     if config.export.formats:  # after the summary is safe: an export can take minutes
       summary['exports'] = exports(config, workdir, run.source)
       files.write_json(os.path.join(workdir, 'summary.json'), summary)
   logging.info('Done: best eval top-1 %.2f%% at epoch %d; %s parameters; %s of training.',
-               100 * summary['best_top1'], summary['best_epoch'], f'{num_params:,}',
+               100 * summary['best_top1'], summary['best_epoch'], f'{run.num_params:,}',
                cli.duration(summary['train_seconds']))
   return Result(workdir, summary)
+
+
+def _check_resumable(manager, step: int, state: state_lib.TrainState, workdir: str) -> None:
+  """Refuses, before anything in `workdir` is written, a checkpoint that this config's state cannot take."""
+  difference = checkpoint.incompatibility(manager, step, state)
+  if difference:
+    saved = files.read_json(os.path.join(workdir, 'config.json')) or {}
+    model = saved.get('model', {}).get('name', 'unknown')
+    raise failures.RunError(
+        f'{workdir} holds the checkpoint of step {step} of a run this config cannot continue (its config.json '
+        f'has model.name={model!r}): {difference}. Nothing was changed. Train this config in another --workdir, '
+        f'or move {os.path.join(workdir, "checkpoints")} away to start over in this one.')
+
+
+class _Loop:
+  """The host side of one run: the train state and step, the loop state saved with each checkpoint (`meta`),
+  the learning-rate and early-stopping controllers, the writers and the train log."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, run: Setup, manager, resume_step: int | None):
+    self.config, self.workdir, self.run, self.manager = config, workdir, run, manager
+    dataset, batch_size = run.dataset, config.train.batch_size
+    if jax.process_index() == 0:
+      files.write_json(os.path.join(workdir, 'data_report.json'), run.data_report)
+    self.steps_per_epoch = run.steps_per_epoch
+    self.total_steps = config_utils.resolve_steps(config.train, 'total', self.steps_per_epoch)
+    self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+    milestones = config_utils.resolve_steps(config.schedule, 'milestones', self.steps_per_epoch) or ()
+    self.base_lr = lr_search.chosen_lr(run, workdir) if config.optimizer.lr == 'auto' else config.optimizer.lr
+    self.learning_rate = schedules.create_learning_rate(config.schedule, self.base_lr, self.steps_per_epoch,
+                                                        self.total_steps / self.steps_per_epoch, milestones)
+    self.early_stop = schedules.EarlyStopping(config.early_stop)
+    logging.info('%d training / %d eval examples, %d classes; %d steps of batch %d (%d epochs of %d steps) '
+                 'on %d device(s).', len(dataset.train), len(dataset.eval), dataset.num_classes, self.total_steps,
+                 batch_size, self.num_epochs, self.steps_per_epoch, jax.device_count())
+    logging.info('%s: %s parameters.', config.model.name, f'{run.num_params:,}')
+
+    self.template = checkpoint.abstract(run.state)  # (the steps donate the state: restores need its shapes)
+    self.state, self.step, self.saved_step = run.state, 0, None
+    self.meta = {'epoch': 0, 'best_top1': None, 'best_epoch': None, 'best_step': None, 'last_eval': {},
+                 'train_seconds': 0.0, 'stop_reason': None, 'learning_rate': None, 'early_stop': None,
+                 'train_log': None, 'lr_scale': 1.0, 'nonfinite_retries': 0}
+    self.log = TrainLog(None, config.train.log_every_steps, self.total_steps, self.num_epochs, batch_size)
+    if resume_step is not None:
+      self.restore(resume_step)
+      logging.info('Resumed from the checkpoint of step %d (epoch %d).', resume_step, self.meta['epoch'])
+    elif config.init.checkpoint:
+      self.state = with_initial_weights(self.state, config.init, run.model, dataset.train.images.shape[1:],
+                                        run.replicated)
+    if jax.process_index() == 0:
+      _save_config(workdir, config, resume_step or 0)
+    self.writer = self.log.writer = writers.create_writer(workdir, -1 if resume_step is None else resume_step)
+    if resume_step is None:
+      self.write_start()
+    self.started = time.perf_counter() - self.meta['train_seconds']
+
+  def write_start(self) -> None:
+    """A new run's hparams (the rate trained with, also when searched: the hparams view compares numbers),
+    its size, and what the augmentation makes of a few training images."""
+    config, dataset, num_params = self.config, self.run.dataset, self.run.num_params
+    self.writer.write_hparams({**writers.flat_hparams(config.to_dict()), 'optimizer.lr': self.base_lr,
+                               'model.params': num_params})
+    self.writer.write_texts(0, {'model/parameters': f'{config.model.name}: {num_params:,} parameters'})
+    if jax.process_index() == 0:
+      self.writer.write_images(0, {'images/augmented': preview.training_grid(
+          config, dataset.train, dataset.class_names, seed=config.seed)[None]})
+
+  def restore(self, step: int) -> None:
+    """The state, loop state, controllers and unwritten train metrics of checkpoint `step`."""
+    self.state, restored = checkpoint.restore(self.manager, step, self.template)
+    self.meta.update(restored)
+    if self.meta['learning_rate'] is not None:  # (absent from runs of versions before plateau schedules)
+      self.learning_rate.load_state_dict(self.meta['learning_rate'])
+      self.early_stop.load_state_dict(self.meta['early_stop'])
+    self.log.load_state_dict(self.meta['train_log'])
+    self.step = self.saved_step = step
+
+  def save(self, eval_top1: float | None = None) -> None:
+    """Checkpoints the current step (after the logs of every step up to it are written: a run killed before
+    the checkpoint is complete redoes them, and the writers drop what lies past the checkpoint it resumes from)."""
+    self.log.check()  # never keep a state that has gone NaN
+    self.writer.flush()
+    self.meta.update(learning_rate=self.learning_rate.state_dict(), early_stop=self.early_stop.state_dict(),
+                     train_log=self.log.state_dict(), train_seconds=time.perf_counter() - self.started)
+    checkpoint.save(self.manager, self.step, self.state, self.meta,
+                    None if eval_top1 is None else {checkpoint.BEST_METRIC: eval_top1})
+    self.saved_step = self.step
+
+  def stop_if(self, told: bool) -> None:
+    """After a SIGTERM: checkpoints this step (unless just done) and raises Preempted."""
+    if told:
+      if self.saved_step != self.step:
+        self.save()
+      self.manager.wait_until_finished()
+      raise failures.Preempted(self.step, self.workdir)
+
+  def run_to_end(self, notice: failures.PreemptionNotice) -> None:
+    """Trains to the last step (or an early stop); on NaN/Inf, per config.train.on_nonfinite."""
+    self.notice = notice
+    while True:
+      try:
+        return self.train()
+      except failures.NonFinite as bad:
+        self.recover(bad)
+
+  def recover(self, bad: failures.NonFinite) -> None:
+    """Restores the last checkpoint and lowers the learning rate (config.train.on_nonfinite='restore'), or
+    raises RunError naming the step and the last good checkpoint."""
+    self.manager.wait_until_finished()
+    last, train = self.manager.latest_step(), self.config.train
+    where = (f'the last good checkpoint is step {last} ({os.path.join(self.workdir, "checkpoints", str(last))})'
+             if last is not None else 'no checkpoint was written before it')
+    message = f'The training loss or gradient norm became NaN/Inf at step {bad.step}; {where}.'
+    retries = self.meta['nonfinite_retries']
+    if train.on_nonfinite != 'restore' or last is None or retries >= train.nonfinite_retries:
+      done = (f' The learning rate was already lowered {retries} time(s) (config.train.nonfinite_retries).'
+              if train.on_nonfinite == 'restore' and last is not None else '')
+      raise failures.RunError(
+          f'{message}{done} Lower config.optimizer.lr (or set config.optimizer.clip_norm) and run again: it '
+          'resumes from the last checkpoint. Or set --config.train.on_nonfinite=restore: the run then goes back to '
+          f'it by itself and continues with the learning rate x {train.nonfinite_lr_factor:g}.')
+    scale = self.meta['lr_scale'] * train.nonfinite_lr_factor
+    self.writer.close()
+    self.restore(last)
+    self.meta.update(lr_scale=scale, nonfinite_retries=retries + 1)
+    self.writer = self.log.writer = writers.create_writer(self.workdir, last)
+    logging.warning('%s Restored it; continuing with the learning rate x %g (retry %d of %d).', message, scale,
+                    retries + 1, train.nonfinite_retries)
+
+  def train(self) -> None:
+    config, run, log, notice = self.config, self.run, self.log, self.notice
+    spe, every_steps = self.steps_per_epoch, config.train.checkpoint_every_steps
+    stopped = self.step >= self.total_steps or self.meta['stop_reason']
+    for epoch in range(self.meta['epoch'], self.num_epochs if not stopped else 0):
+      for batch in run.batches(epoch, self.total_steps - self.step, start=self.step - epoch * spe):
+        self.state, metrics = run.train_step(self.state, batch,
+                                             self.learning_rate(self.step) * self.meta['lr_scale'])
+        self.step += 1
+        epoch_end = self.step % spe == 0 or self.step == self.total_steps
+        log.add(self.step, epoch, metrics, epoch_end)
+        if every_steps and self.step % every_steps == 0 and not epoch_end:
+          self.save()
+        self.stop_if(notice.reached(self.step))
+      self.evaluate(epoch)
+      self.stop_if(notice.received)
+      if self.meta['stop_reason']:
+        logging.info('Stopped after epoch %d of %d: %s', epoch + 1, self.num_epochs, self.meta['stop_reason'])
+        break
+
+  def evaluate(self, epoch: int) -> None:
+    """The epoch's evaluation, its logs and controllers' decisions, and (as configured) its checkpoint."""
+    run, meta, step = self.run, self.meta, self.step
+    epoch_rate = self.learning_rate(step - 1) * meta['lr_scale']
+    results, logits, labels = run.evaluate(self.state)
+    if self.state.ema is not None:
+      results.update(run.evaluate(self.state.with_ema_variables(), prefix='eval_ema')[0])
+    train_results = self.log.epoch_results()
+    epoch_results = {**results, **train_results}
+    for controller in (self.learning_rate, self.early_stop):
+      controller.end_epoch(epoch + 1, epoch_results)
+    self.meta = meta = _after_eval(meta, results, epoch, step, time.perf_counter() - self.started)
+    meta.update(stop_reason=self.learning_rate.stop_reason or self.early_stop.stop_reason)
+    write_epoch(self.writer, self.workdir, step, epoch + 1,
+                {**results, 'learning_rate': epoch_rate,
+                 **{k.replace('train/', 'train/epoch_'): v for k, v in train_results.items()}},
+                metrics_lib.class_report(logits, labels, run.dataset.class_names), meta['best_epoch'] == epoch + 1)
+    if jax.process_index() == 0 and meta['best_epoch'] == epoch + 1:
+      write_predictions(self.workdir, 'predictions_best', logits, labels)
+    last = step >= self.total_steps or meta['stop_reason'] or self.notice.received
+    if (epoch + 1) % self.config.train.checkpoint_every_epochs == 0 or last:
+      self.save(results['eval/top1'])
+    self.log.evaluated(step, meta['best_top1'], meta['best_epoch'])
+    logging.info('epoch %d/%d eval | loss %.4f top1 %.2f%% top5 %.2f%% mAP %.2f%% (%d examples) | best %.2f%% '
+                 '(epoch %d) | lr %.3g', epoch + 1, self.num_epochs, results['eval/loss'], 100 * results['eval/top1'],
+                 100 * results['eval/top5'], 100 * results['eval/map'], results['eval/examples'],
+                 100 * meta['best_top1'], meta['best_epoch'], epoch_rate)

@@ -22,19 +22,21 @@ from lightcls import files
 class JsonlWriter:
   """Appends one JSON object per write to a file: {"step": ..., "time": ..., "train/loss": ...}."""
 
-  def __init__(self, path: str, resume_step: int | None = None):
+  def __init__(self, path: str, keep_until: int | None = None):
     self.path = path
-    if resume_step is not None:
-      self._drop_after(resume_step)
+    if keep_until is not None:
+      self._drop_after(keep_until)
     self._file = open(path, 'a')
 
   def _drop_after(self, step: int) -> None:
-    """A resumed run redoes the steps after its checkpoint: drop their lines so history reads as one run."""
+    """A resumed run redoes the steps after its checkpoint: drop their lines so history reads as one run.
+    A line cut short by a killed process is dropped too (it can only be the last)."""
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line).get('step', 0) <= step]
-    files.write_text(self.path, ''.join(kept))
+      rows = [(line, _parsed(line)) for line in f]
+    kept = ''.join(line for line, row in rows if row is not None and row.get('step', 0) <= step)
+    files.write_text(self.path, kept)
 
   def _write(self, record: Mapping[str, Any]) -> None:
     self._file.write(json.dumps(record) + '\n')
@@ -55,6 +57,67 @@ class JsonlWriter:
   def close(self) -> None:
     self.flush()
     self._file.close()
+
+
+def _parsed(line: str) -> dict | None:
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    return None
+
+
+def _event_files(logdir: str) -> list[str]:
+  """The event files TensorBoard reads in `logdir` (those with 'tfevents' in the name), in its order."""
+  if not os.path.isdir(logdir):
+    return []
+  return sorted(name for name in os.listdir(logdir) if 'tfevents' in name)
+
+
+def truncate_events(logdir: str, step: int) -> None:
+  """Drops the summaries of steps after `step` from the event files in `logdir` (a resumed run writes them
+  again; TensorBoard would show both), keeping each (tag, step) once.
+
+  The kept summaries go to one new file, written under a temporary name and renamed into place, and only then
+  are the old files deleted: a process killed in between leaves duplicates that the next call removes, never
+  a gap. A record cut short by a killed writer ends its file's history (TensorBoard reads it the same way).
+  """
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.compat.proto import event_pb2, summary_pb2
+  names = _event_files(logdir)
+  kept, seen, dropped = [], set(), False
+  for name in names:
+    for event in event_file_loader.EventFileLoader(os.path.join(logdir, name)).Load():
+      if not event.HasField('summary'):
+        continue  # file headers; the new file gets its own
+      values = [v for v in event.summary.value if event.step <= step and (v.tag, event.step) not in seen]
+      dropped |= len(values) < len(event.summary.value)
+      seen.update((v.tag, event.step) for v in values)
+      if values:
+        kept.append(event_pb2.Event(wall_time=event.wall_time, step=event.step,
+                                    summary=summary_pb2.Summary(value=values)))
+  if not dropped:
+    return
+  # Named after the oldest file, so it sorts before the files the resumed run writes next.
+  history = f'events.out.tfevents.{names[0].split(".")[3]}.lightcls-history'
+  if kept:  # (the temporary name lacks 'tfevents': TensorBoard must not read it half-written)
+    temporary = os.path.join(logdir, f'.lightcls-history.{os.getpid()}.tmp')
+    _write_events(temporary, kept)
+    os.replace(temporary, os.path.join(logdir, history))
+  for name in names:
+    if name != history or not kept:
+      os.remove(os.path.join(logdir, name))
+
+
+def _write_events(path: str, events: list) -> None:
+  from tensorboard.compat.proto import event_pb2
+  from tensorboard.summary.writer.record_writer import RecordWriter
+  with open(path, 'wb') as f:
+    records = RecordWriter(f)
+    records.write(event_pb2.Event(wall_time=events[0].wall_time, file_version='brain.Event:2').SerializeToString())
+    for event in events:
+      records.write(event.SerializeToString())
+    f.flush()
+    os.fsync(f.fileno())
 
 
 class EventWriter:
@@ -132,12 +195,18 @@ class MultiWriter:
     return each
 
 
-def create_writer(workdir: str, resume_step: int | None = None) -> MultiWriter:
-  """Writers for TensorBoard (`workdir/tensorboard`) and `workdir/metrics.jsonl`; none off process 0."""
+def create_writer(workdir: str, keep_until: int | None = None) -> MultiWriter:
+  """Writers for TensorBoard (`workdir/tensorboard`) and `workdir/metrics.jsonl`; none off process 0.
+
+  `keep_until`: first drop what either holds of later steps (a run resuming from that step's checkpoint
+  redoes them; -1 for a run starting over), so the history reads as one uninterrupted run.
+  """
   if jax.process_index() != 0:
     return MultiWriter([])
-  return MultiWriter([tensorboard_writer(os.path.join(workdir, 'tensorboard')),
-                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step)])
+  logdir = os.path.join(workdir, 'tensorboard')
+  if keep_until is not None:
+    truncate_events(logdir, keep_until)
+  return MultiWriter([tensorboard_writer(logdir), JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), keep_until)])
 
 
 def flat_hparams(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:

@@ -24,11 +24,15 @@ def small_config(**overrides):
   return config
 
 
+def main_args(workdir, **overrides):
+  """The arguments of `python -m lightcls.main` for the small config with `overrides` in `workdir`."""
+  return ['--config=configs/quickstart.py', f'--workdir={workdir}',
+          *(f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
+            for k, v in {**SMALL, **overrides}.items())]
+
+
 def run_main(workdir, env=None, **overrides):
-  args = [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
-          for k, v in {**SMALL, **overrides}.items()]
-  cmd = [sys.executable, '-m', 'lightcls.main', '--config=configs/quickstart.py', f'--workdir={workdir}',
-         *args]
+  cmd = [sys.executable, '-m', 'lightcls.main', *main_args(workdir, **overrides)]
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, **(env or {})})
 

@@ -1,12 +1,14 @@
+import collections
 import io
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 from tensorboard.util import tensor_util
 
 from lightcls import writers
@@ -40,11 +42,49 @@ def test_jsonl_writer_on_resume_drops_the_lines_after_the_checkpoint(tmp_path):
   for step in (1, 2, 3, 4):
     first.write_scalars(step, {'train/loss': float(step)})
   first.close()
-  resumed = writers.JsonlWriter(path, resume_step=2)
+  resumed = writers.JsonlWriter(path, keep_until=2)
   resumed.write_scalars(3, {'train/loss': 30.0})
   resumed.close()
   rows = [json.loads(line) for line in open(path)]
   assert [(r['step'], r['train/loss']) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_jsonl_writer_drops_a_line_cut_short_by_a_killed_process(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "train/loss": 1.0}\n{"step": 2, "train/lo')
+  writers.JsonlWriter(str(path), keep_until=5).close()
+  assert [json.loads(line) for line in open(path)] == [{'step': 1, 'train/loss': 1.0}]
+
+
+@pytest.mark.parametrize('make', [writers.EventWriter, writers.tensorboard_writer])
+def test_truncated_events_keep_each_tag_and_step_once_up_to_the_checkpoint(tmp_path, make):
+  logdir = str(tmp_path)
+  first = make(logdir)
+  first.write_hparams({'optimizer.lr': 0.001})
+  for step in (1, 2, 3, 4):
+    first.write_scalars(step, {'train/loss': float(step)})
+  first.write_images(2, {'images/confusion_matrix': np.zeros((1, 4, 4, 3), np.uint8)})
+  first.close()
+  writers.truncate_events(logdir, 2)  # resumed from step 2: redoes 3 and 4
+  again = make(logdir)
+  again.write_scalars(3, {'train/loss': 30.0})
+  again.close()
+  writers.truncate_events(logdir, 3)  # nothing past 3: the files stay as they are
+  assert tensorboard_scalars(logdir) == {'train/loss': {1: 1.0, 2: 2.0, 3: 30.0}}
+  # Read raw, every event of every file: TensorBoard's accumulator would hide duplicated steps.
+  steps = collections.defaultdict(list)
+  for name in sorted(os.listdir(logdir)):
+    for event in event_file_loader.EventFileLoader(os.path.join(logdir, name)).Load():
+      for value in event.summary.value:
+        steps[value.tag].append(event.step)
+  assert steps['train/loss'] == [1, 2, 3] and steps['images/confusion_matrix'] == [2]
+  assert steps['_hparams_/session_start_info'] == [0]
+
+
+def test_truncated_events_of_a_run_starting_over_are_gone(tmp_path):
+  exercise(writers.EventWriter(str(tmp_path)))
+  writers.truncate_events(str(tmp_path), -1)
+  assert not any('tfevents' in name for name in os.listdir(tmp_path))
 
 
 def tensorboard_images(logdir):

@@ -80,7 +80,8 @@ def checked_split(images: np.ndarray, labels: np.ndarray, num_classes: int, what
                      'Convert with (x * 255).round().astype(np.uint8) if they are floats in [0, 1].')
   if labels.shape != (len(images),):
     raise ValueError(f'{what} labels must have shape ({len(images)},); got {labels.shape}')
-  if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes:
+  if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and (labels.min() < 0 or
+                                                                       labels.max() >= num_classes)):
     raise ValueError(f'{what} labels must be integers in [0, {num_classes}); '
                      f'got {labels.dtype} in [{labels.min()}, {labels.max()}]')
   return Split(images, labels.astype(np.int32))

@@ -271,10 +271,11 @@ def _local_rows(indices: np.ndarray, process_index: int, process_count: int) -> 
 
 
 def train_batches(split: Split, batch_size: int, seed: int, epoch: int, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[Batch]:
-  """This process's share of each full global batch of one epoch; the order depends on (seed, epoch) only."""
+                  process_count: int = 1, start: int = 0) -> Iterator[Batch]:
+  """This process's share of each full global batch of one epoch, from its `start`th batch on (a run resumed
+  mid-epoch); the order depends on (seed, epoch) only."""
   order = np.random.default_rng([seed, epoch]).permutation(len(split))
-  for step in range(len(split) // batch_size):
+  for step in range(start, len(split) // batch_size):
     rows = _local_rows(order[step * batch_size:(step + 1) * batch_size], process_index, process_count)
     yield {'image': split.images[rows], 'label': split.labels[rows]}
 

@@ -109,6 +109,20 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
   return MODELS[config.name](config, num_classes)
 
 
+def total_stride(config: ml_collections.ConfigDict) -> int:
+  """How much the model shrinks an image before pooling: the convnets' five stride-2 stages (32), or three
+  with small_input (8); the linear model, 1."""
+  if config.name == 'linear':
+    return 1
+  return 8 if config.small_input else 32
+
+
+def smallest_image(config: ml_collections.ConfigDict) -> int:
+  """The smallest image size whose last stride-2 stage still has more than one pixel to halve (below it, the
+  last stages compute on a 1x1 map of mostly padding)."""
+  return total_stride(config) // 2 + 1
+
+
 def create(name: str, num_classes: int, **options) -> nn.Module:
   """A model by name with any `config.model` option as a keyword, the rest at their defaults (for notebooks
   and scripts): `create('ghostnet', 10, width=0.5, small_input=True)`."""
@@ -123,4 +137,4 @@ def create(name: str, num_classes: int, **options) -> nn.Module:
 
 
 __all__ = ['CLASSIFIERS', 'CONV_IMPLS', 'HEADS', 'MODELS', 'PADDINGS', 'create', 'create_model', 'layer_config',
-           'optional', 'unsupported']
+           'optional', 'smallest_image', 'total_stride', 'unsupported']

@@ -42,6 +42,13 @@ def test_train_order_depends_only_on_seed_and_epoch():
   assert first == again and first != other_epoch
 
 
+def test_an_epoch_started_mid_way_continues_with_the_batches_of_the_whole_epoch():
+  split = make_split(40)
+  whole = [b['label'].tolist() for b in pipeline.train_batches(split, 8, seed=3, epoch=1)]
+  rest = [b['label'].tolist() for b in pipeline.train_batches(split, 8, seed=3, epoch=1, start=2)]
+  assert rest == whole[2:] and len(rest) == 3
+
+
 def test_train_epoch_has_full_batches_of_distinct_examples():
   split = make_split(43)
   ids = [b['image'][:, 0, 0, 0] for b in pipeline.train_batches(split, 8, seed=0, epoch=0)]
