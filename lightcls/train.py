@@ -6,6 +6,7 @@ notebook. Re-running it on the same workdir resumes from the latest checkpoint.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -645,15 +646,17 @@ class _Loop:
     spe, every_steps = self.steps_per_epoch, config.train.checkpoint_every_steps
     stopped = self.step >= self.total_steps or self.meta['stop_reason']
     for epoch in range(self.meta['epoch'], self.num_epochs if not stopped else 0):
-      for batch in run.batches(epoch, self.total_steps - self.step, start=self.step - epoch * spe):
-        self.state, metrics = run.train_step(self.state, batch,
-                                             self.learning_rate(self.step) * self.meta['lr_scale'])
-        self.step += 1
-        epoch_end = self.step % spe == 0 or self.step == self.total_steps
-        log.add(self.step, epoch, metrics, epoch_end)
-        if every_steps and self.step % every_steps == 0 and not epoch_end:
-          self.save()
-        self.stop_if(notice.reached(self.step))
+      batches = run.batches(epoch, self.total_steps - self.step, start=self.step - epoch * spe)
+      with contextlib.closing(batches):  # at once when the loop is left early (see pipeline.prefetched)
+        for batch in batches:
+          self.state, metrics = run.train_step(self.state, batch,
+                                               self.learning_rate(self.step) * self.meta['lr_scale'])
+          self.step += 1
+          epoch_end = self.step % spe == 0 or self.step == self.total_steps
+          log.add(self.step, epoch, metrics, epoch_end)
+          if every_steps and self.step % every_steps == 0 and not epoch_end:
+            self.save()
+          self.stop_if(notice.reached(self.step))
       self.evaluate(epoch)
       self.stop_if(notice.received)
       if self.meta['stop_reason']:

@@ -1,8 +1,8 @@
 """Metric writers: TensorBoard event files and `metrics.jsonl`, written by process 0 only.
 
-With TensorFlow installed, TensorBoard events go through clu's SummaryWriter; without it (accelerator
-boxes, TPU runtimes), through an equivalent writer built on the tensorboard package alone. Both write v2
-tensor summaries, so TensorBoard (and tests) read them the same way.
+TensorBoard events are written with the tensorboard package's own protos and file writer (v2 tensor
+summaries, as tf.summary writes them), never through TensorFlow: accelerator boxes and TPU runtimes lack it,
+and importing it would add seconds to the start of every run.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def _write_events(path: str, events: list) -> None:
 
 
 class EventWriter:
-  """TensorBoard event files without TensorFlow (the protos and file writer of the tensorboard package)."""
+  """TensorBoard event files (the protos and file writer of the tensorboard package)."""
 
   def __init__(self, logdir: str):
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -171,18 +171,8 @@ def png_bytes(image: np.ndarray) -> bytes:
   return out.getvalue()
 
 
-def tensorboard_writer(logdir: str):
-  """clu's SummaryWriter when TensorFlow is importable, else the TF-free EventWriter."""
-  try:
-    from clu.metric_writers import SummaryWriter  # imports TensorFlow
-  except ImportError:
-    return EventWriter(logdir)
-  return SummaryWriter(logdir)
-
-
 class MultiWriter:
-  """Sends every write to each writer that takes it (images go to TensorBoard only). clu's MultiWriter
-  needs TF at import, so this is ours."""
+  """Sends every write to each writer that takes it (images go to TensorBoard only)."""
 
   def __init__(self, writers: list):
     self.writers = writers
@@ -206,7 +196,7 @@ def create_writer(workdir: str, keep_until: int | None = None) -> MultiWriter:
   logdir = os.path.join(workdir, 'tensorboard')
   if keep_until is not None:
     truncate_events(logdir, keep_until)
-  return MultiWriter([tensorboard_writer(logdir), JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), keep_until)])
+  return MultiWriter([EventWriter(logdir), JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), keep_until)])
 
 
 def flat_hparams(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:

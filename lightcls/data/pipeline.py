@@ -316,11 +316,15 @@ def prefetched(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
     except BaseException as error:  # noqa: BLE001 (re-raised in the consumer)
       put(error)
 
-  threading.Thread(target=produce, daemon=True).start()
+  producer = threading.Thread(target=produce, daemon=True)
+  producer.start()
   try:
     while (item := items.get()) is not done:
       if isinstance(item, BaseException):
         raise item
       yield item
   finally:
+    # Closed early (a break, an error, a preemption): wait for the item being made, so that no thread is
+    # still inside JAX when the process exits (the interpreter's shutdown can abort under it).
     stop.set()
+    producer.join()

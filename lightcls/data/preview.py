@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
   Image.fromarray(image).save(FLAGS.out)
   print(f'Wrote {FLAGS.out} ({image.shape[1]}x{image.shape[0]})')
   if FLAGS.workdir:
-    writer = writers.tensorboard_writer(os.path.join(FLAGS.workdir, 'tensorboard'))
+    writer = writers.EventWriter(os.path.join(FLAGS.workdir, 'tensorboard'))
     writer.write_images(0, {'images/augmented': image[None]})
     writer.close()
     print(f'and to {FLAGS.workdir}/tensorboard as images/augmented')
