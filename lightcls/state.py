@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lightcls import optim
+from lightcls import models, optim
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -51,7 +51,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params), rng=step_rng, ema=average, apply_fn=model.apply, tx=tx)
 
-  return jax.jit(init, out_shardings=sharding)()
+  return jax.jit(init, out_shardings=sharding, compiler_options=models.INIT_COMPILER_OPTIONS)()
 
 
 def parameter_count(state: TrainState) -> int:

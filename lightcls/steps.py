@@ -95,7 +95,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], learning_rate: fl
     _, grads = gradient(jax.tree.map(jnp.add, state.params, ascent))
     grads = without_frozen(grads, frozen)
   learning_rate = jnp.asarray(learning_rate, jnp.float32)
-  grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  # One reduction over all gradients: a sum per array made XLA compile a kernel per array (GhostNet 1.0:
+  # 4-6 s more compile and a slower step; experiments/RESULTS.md).
+  grad_norm = jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grads)]))))
   old_params = state.params
   state = state.apply_gradients(grads, batch_stats, learning_rate)
   if frozen:  # weight decay would still move them

@@ -78,6 +78,16 @@ def test_sam_step_equals_the_two_pass_formula_with_first_pass_batch_statistics(b
   assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(plain)[0], atol=1e-7)
 
 
+def test_logged_gradient_norm_is_the_global_l2_norm_of_the_gradient(batch):
+  config = step_config()
+  state = initial_state(config)
+  images = batch['image'].astype(jnp.float32) / 255.0
+  grads, _ = jax.grad(hand_loss(state, images, batch['label']), has_aux=True)(state.params)
+  want = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
+  _, metrics = jax.jit(steps.configured_train_step(config, 3))(state, batch, 0.1)
+  np.testing.assert_allclose(metrics.compute()['grad_norm'], want, rtol=1e-5)
+
+
 def test_weight_average_follows_each_step_with_its_decay_warmup(batch):
   config = step_config(ema_decay=0.9)
   state = initial_state(config)

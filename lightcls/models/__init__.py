@@ -16,6 +16,10 @@ from lightcls.models.layers import CLASSIFIERS, CONV_IMPLS, PADDINGS, LayerConfi
 
 # Options for every jax.jit that runs a model (convolutions.COMPILER_OPTIONS says why).
 COMPILER_OPTIONS = convolutions.COMPILER_OPTIONS
+# Options for the jit that initialises a model. It runs once, in well under a second, but XLA:CPU spent
+# most of its compile in LLVM optimising each parameter's random-number kernels (GhostNet 1.0: 24 s;
+# without LLVM optimisation 8 s, values within 1 ulp; experiments/RESULTS.md).
+INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
 def layer_config(config: ml_collections.ConfigDict) -> LayerConfig:
