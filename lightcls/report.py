@@ -26,7 +26,6 @@ import html
 import json
 import os
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -476,19 +475,16 @@ def _hparam(name: str, values: list[Any]):
 def write_hparams_experiment(runs: Sequence[Run], logdir: str) -> str:
   """TensorBoard's hparams experiment for the runs (each wrote its own session start), in an event file of
   `logdir` that replaces the one an earlier report wrote there. Returns its path."""
-  from tensorboard.compat.proto import event_pb2
   from tensorboard.plugins.hparams import summary_v2 as hp
-  from tensorboard.summary.writer.event_file_writer import EventFileWriter
   pattern = os.path.join(logdir, f'events.out.tfevents.*{HPARAMS_SUFFIX}')
   for old in glob.glob(pattern):
     os.remove(old)  # TensorBoard would take whichever experiment it read first
   summary = hp.hparams_config_pb([_hparam(k, v) for k, v in hparam_domains(runs).items()],
                                  [hp.Metric(tag, display_name=name) for tag, name in HPARAMS_METRICS])
-  writer = EventFileWriter(logdir, filename_suffix=HPARAMS_SUFFIX)
-  writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+  writer = writers.EventWriter(logdir, HPARAMS_SUFFIX)
+  writer.write_summary(0, summary)
   writer.close()
-  (written,) = glob.glob(pattern)
-  return written
+  return writer.path
 
 
 # The pages

@@ -37,6 +37,30 @@ def test_a_run_imports_and_writes_events_without_tensorflow(tmp_path):
   assert tensorboard_scalars(str(tmp_path / 'tensorboard')) == {'train/loss': {1: 2.5}}
 
 
+def test_writing_every_kind_of_summary_leaves_an_installed_tensorflow_unimported(tmp_path):
+  # tensorboard's own EventFileWriter imports TensorFlow wherever it is installed (seconds per run).
+  code = ("import sys\n"
+          "import numpy as np\n"
+          "from lightcls import writers, train, main\n"
+          f"writer = writers.create_writer({str(tmp_path)!r})\n"
+          "writer.write_hparams({'optimizer.lr': 0.1})\n"
+          "writer.write_scalars(1, {'train/loss': 2.5})\n"
+          "writer.write_texts(1, {'config': 'lr: 0.1'})\n"
+          "writer.write_images(1, {'images/augmented': np.zeros((2, 4, 4, 3), np.uint8)})\n"
+          "writer.close()\n"
+          "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
+  run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert run.stdout.strip() == '[]'
+  assert tensorboard_scalars(str(tmp_path / 'tensorboard')) == {'train/loss': {1: 2.5}}
+
+
+def test_event_writer_hands_each_summary_to_tensorboard_before_it_is_closed(tmp_path):
+  writer = writers.EventWriter(str(tmp_path))
+  writer.write_scalars(7, {'train/loss': 1.5})
+  assert tensorboard_scalars(str(tmp_path)) == {'train/loss': {7: 1.5}}
+  writer.close()
+
+
 def test_jsonl_writer_on_resume_drops_the_lines_after_the_checkpoint(tmp_path):
   path = str(tmp_path / 'metrics.jsonl')
   first = writers.JsonlWriter(path)
