@@ -92,7 +92,7 @@ def lightcls_function(name: str, size: int, seed: int = 0):
   config = default.get_config()
   config.model.name = name
   model = models.create_model(config.model, 1000)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3), jnp.float32))
+  variables = jax.jit(model.init, compiler_options=models.INIT_COMPILER_OPTIONS)(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3), jnp.float32))
   rng = np.random.default_rng(seed)
   stats = jax.tree_util.tree_map_with_path(  # non-trivial running statistics, as after training
       lambda path, x: (0.5 + rng.random(x.shape) if 'var' in jax.tree_util.keystr(path)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lightcls import models
 from lightcls.models import convolutions
 
 # Every kernel size with both strides, both padding flavours and odd and even sizes, in 8 cases.
@@ -53,7 +54,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_float32_logits_close():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   f32 = GhostNet(num_classes=10, width=0.5)
   bf16 = GhostNet(num_classes=10, width=0.5, layer=LayerConfig(dtype='bfloat16'))
-  variables = jax.jit(f32.init)(jax.random.PRNGKey(0), images)
+  variables = jax.jit(f32.init, compiler_options=models.INIT_COMPILER_OPTIONS)(jax.random.PRNGKey(0), images)
   assert {leaf.dtype for leaf in jax.tree.leaves(jax.eval_shape(bf16.init, jax.random.PRNGKey(0), images))} == {
       jnp.dtype(jnp.float32)}
   reference, logits = jax.jit(f32.apply)(variables, images), jax.jit(bf16.apply)(variables, images)
