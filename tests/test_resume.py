@@ -21,11 +21,11 @@ from tests.helpers import REPO, main_args, read_jsonl, run_main
 # Dropout, BatchNorm statistics, random crops, an EMA, a plateau schedule deciding after every epoch (patience 0,
 # a threshold no epoch can beat, cooldown 1) and early stopping all carry state across the interruptions.
 # MobileNet V1 at half width: six runs of GhostNet 1.0 took 4 minutes of CI, compilation and steps mostly.
-RUN = {'model.name': 'mobilenet_v1', 'model.width': 0.5, 'data.val_fraction': 0.5, 'train.total_epochs': 3.0,
-       'train.checkpoint_every_steps': 20, 'train.log_every_steps': 15, 'model.dropout': 0.2, 'optimizer.ema_decay': 0.9, 'schedule.name': 'plateau',
-       'schedule.monitor': 'eval/top1', 'schedule.patience': 0, 'schedule.threshold': 1.0,
-       'schedule.threshold_mode': 'abs', 'schedule.factor': 0.5, 'schedule.cooldown': 1,
-       'early_stop.patience': 5}
+RUN = {'model.name': 'mobilenet_v1', 'model.width': 0.5, 'model.dropout': 0.2, 'data.val_fraction': 0.5,
+       'train.total_epochs': 3.0, 'train.checkpoint_every_steps': 20, 'train.log_every_steps': 15,
+       'optimizer.ema_decay': 0.9, 'schedule.name': 'plateau', 'schedule.monitor': 'eval/top1',
+       'schedule.patience': 0, 'schedule.threshold': 1.0, 'schedule.threshold_mode': 'abs', 'schedule.factor': 0.5,
+       'schedule.cooldown': 1, 'early_stop.patience': 5}
 
 
 def interrupted_main(workdir, kill_at):
