@@ -9,12 +9,14 @@ import pytest
 from lightcls import checkpoint, train
 from tests.helpers import read_jsonl, run_main, small_config
 
+# MobileNet V1: its own programs compile for 1 and 8 devices in a third of GhostNet 1.0's time.
+MODEL = {'model.name': 'mobilenet_v1'}
 
 @pytest.fixture(scope='module')
 def trained_one_epoch(tmp_path_factory):
   """A workdir holding one epoch of digits training on one device (checkpoint at step 89)."""
   workdir = str(tmp_path_factory.mktemp('one_epoch'))
-  run = run_main(workdir)
+  run = run_main(workdir, **MODEL)
   log = run.communicate(timeout=600)[0]
   assert run.returncode == 0, log[-3000:]
   return workdir
@@ -28,7 +30,7 @@ def continued(trained_one_epoch, tmp_path_factory):
   for workdir in copies.values():
     shutil.copytree(trained_one_epoch, workdir, dirs_exist_ok=True)
   runs = {n: run_main(w, env={'XLA_FLAGS': f'--xla_force_host_platform_device_count={1 if n == "one" else 8}'},
-                      **{'train.total_steps': 90}) for n, w in copies.items()}
+                      **MODEL, **{'train.total_steps': 90}) for n, w in copies.items()}
   logs = {n: r.communicate(timeout=900)[0] for n, r in runs.items()}
   assert all(r.returncode == 0 for r in runs.values()), logs['eight'][-3000:]
   return {**copies, 'logs': logs}
@@ -52,7 +54,7 @@ def test_eight_devices_continue_a_run_with_the_eval_metrics_of_one(continued):
   assert step_loss['eight'] == pytest.approx(step_loss['one'], rel=1e-5) and len(step_loss['one']) == 1
   one, eight = final_eval(copies['one']), final_eval(copies['eight'])
   assert one['eval/examples'] == eight['eval/examples'] == 360
-  assert one['eval/top1'] > 0.3  # a trained model, so the comparison means something
+  assert one['eval/top1'] > 0.2  # a trained model (chance is 0.1; 0.39 measured), so the comparison means something
   assert eight['eval/loss'] == pytest.approx(one['eval/loss'], rel=1e-3)
   # The same small shifts can flip an example whose two best logits are nearly tied: accuracy may differ by
   # at most one of the 360 examples.
@@ -64,7 +66,7 @@ def test_one_device_restores_a_checkpoint_of_eight(continued):
   # The 8-device checkpoint of step 90, restored onto this process's one device as a resumed run restores
   # it, evaluates as the 8-device run evaluated the state it saved: eval-mode passes differ only in the
   # order of their sums.
-  run = train.set_up(small_config())
+  run = train.set_up(small_config(**MODEL))
   manager = checkpoint.create_manager(continued['eight'])
   try:
     state, meta = checkpoint.restore(manager, 90, run.state)

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing import event_file_loader
 
 from tests.helpers import REPO, main_args, read_jsonl, run_main
 
-# 718 training digits (44 steps of 16 an epoch), 719 evaluated; 3 epochs. Checkpoints every 20 steps and after
+# 719 training digits (44 steps of 16 an epoch), 718 evaluated; 3 epochs. Checkpoints every 20 steps and after
 # each evaluation; train metrics written every 15 steps, so several checkpoints fall inside a logging window.
 # Dropout, BatchNorm statistics, random crops, an EMA, a plateau schedule deciding after every epoch (patience 0,
 # a threshold no epoch can beat, cooldown 1) and early stopping all carry state across the interruptions.
