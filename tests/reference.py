@@ -46,12 +46,17 @@ class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def timm():
-  """timm, importable without torchvision (its model classes only name torchvision's FrozenBatchNorm2d)."""
+  """timm, importable without torchvision (its model classes only name torchvision's FrozenBatchNorm2d).
+
+  Torch's global generator is seeded on every call: the model created next gets the same random weights
+  whatever ran before in this process (with pytest-xdist that depends on how test files were shared out;
+  a port compared within 1e-4 failed on one such draw)."""
   import torch
   if importlib.util.find_spec('torchvision') is None:
     sys.meta_path.append(_TorchvisionStandIn())
   import timm as timm_module
   torch.set_num_threads(2)
+  torch.manual_seed(0)
   return timm_module
 
 
