@@ -1,6 +1,6 @@
 """Metric writers: TensorBoard event files and `metrics.jsonl`, written by process 0 only.
 
-TensorBoard events are written with the tensorboard package's own protos and file writer (v2 tensor
+TensorBoard events are written with the tensorboard package's own protos and record format (v2 tensor
 summaries, as tf.summary writes them), never through TensorFlow: accelerator boxes and TPU runtimes lack it,
 and importing it would add seconds to the start of every run.
 """
