@@ -189,3 +189,35 @@ def test_the_clamped_hard_swish_of_int8_exports_is_hard_swish_and_is_undone_afte
   with layers.activation_forms(hard_swish=layers.clamped_hard_swish):
     assert layers.ACTIVATIONS['hard_swish'] is layers.clamped_hard_swish
   assert layers.ACTIVATIONS['hard_swish'] is layers.hard_swish
+
+
+def _delegated_pieces(path: str) -> int:
+  from ai_edge_litert.interpreter import Interpreter
+  interpreter = Interpreter(model_path=path, num_threads=1)
+  interpreter.allocate_tensors()
+  return sum(op['op_name'] == 'DELEGATE' for op in interpreter._get_ops_details())
+
+
+def test_int8_tflite_hard_swish_runs_in_one_xnnpack_piece(tmp_path):
+  """A convolution, hard-swish and a convolution exported in int8: LiteRT's XNNPACK delegate takes the whole
+  graph as one piece (a split falls back to the reference kernels between pieces, several times slower)."""
+  import jax.numpy as jnp
+  from lightcls.models import layers
+  rng = np.random.default_rng(0)
+  w1, w2 = (jnp.asarray(rng.standard_normal((1, 1, 8, 8)), jnp.float32) for _ in range(2))
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  def block(images):
+    return conv(layers.ACTIVATIONS['hard_swish'](conv(images, w1)), w2)
+
+  spec = jax.ShapeDtypeStruct((1, 8, 8, 8), np.float32)
+  calibration = rng.standard_normal((8, 8, 8, 8)).astype(np.float32)
+  path = str(tmp_path / 'block.tflite')
+  export.write_tflite(block, spec, path, 'int8', calibration)
+  assert _delegated_pieces(path) == 1
+  want = np.asarray(block(calibration[:1]))
+  # int8 steps of the output's range (about 1/250 of it), accumulated over two layers
+  np.testing.assert_allclose(deployed.load(path, 1)(calibration[:1]), want, atol=0.03 * np.abs(want).max())
+

@@ -41,14 +41,16 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def clamped_hard_swish(x: jax.Array) -> jax.Array:
-  """hard_swish written as x * (clip(x, -3, 3) / 6 + 1/2): the same function through other operations.
+  """hard_swish written as x * (clip(x / 3, -1, 1) / 2 + 1/2): the same function through operations that
+  LiteRT's XNNPACK delegate runs in int8.
 
-  The TFLite converter turns hard_swish's usual form into its HARD_SWISH op, which LiteRT's XNNPACK
-  delegate does not run in int8: int8 MobileNetV3-Small took 4.9 ms against 1.2 ms in float32. In this
-  form (MUL, ADD, MINIMUM, MAXIMUM) it takes 2.1 ms; XNNPACK declines int8 MINIMUM/MAXIMUM too, so the
-  graph is still split (experiments/RESULTS.md, "Inference latency").
+  The TFLite converter turns hard_swish's usual form into its HARD_SWISH op, and a clip to [-3, 3] into
+  MINIMUM and MAXIMUM; XNNPACK runs none of them in int8, so each hard-swish split the graph (int8
+  MobileNetV3-Small: 21 pieces, 1.0-4.9 ms against 1.1-1.2 ms in float32). A clip to [-1, 1] after a
+  multiplication becomes a MUL with a fused RELU_N1_TO_1, which it runs: one piece up to the softmax
+  (experiments/RESULTS.md, "Inference latency").
   """
-  return x * (jnp.clip(x, -3.0, 3.0) * (1.0 / 6.0) + 0.5)
+  return x * (jnp.clip(x * (1.0 / 3.0), -1.0, 1.0) * 0.5 + 0.5)
 
 
 @contextlib.contextmanager
