@@ -37,7 +37,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import lightcls
-from lightcls import checkpoint, cli, config_utils, models, steps
+from lightcls import checkpoint, cli, config_utils, models, onnx_graph, steps
 from lightcls.data import pipeline, sources
 from lightcls.models import convert, layers, mutual
 
@@ -363,6 +363,7 @@ def write_onnx(fn: Callable, spec: jax.ShapeDtypeStruct, path: str, quantize: st
     tflite_path, float_path = os.path.join(scratch, 'model.tflite'), os.path.join(scratch, 'float.onnx')
     write_tflite(fn, spec, tflite_path, 'float32', None)
     tf2onnx.convert.from_tflite(tflite_path, opset=ONNX_OPSET, output_path=float_path)
+    onnx.save(onnx_graph.simplified(onnx.load(float_path)), float_path)
     if quantize == 'float32':
       shutil.move(float_path, path)
     elif quantize == 'float16':
