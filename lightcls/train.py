@@ -645,7 +645,10 @@ class _Loop:
     config, run, log, notice = self.config, self.run, self.log, self.notice
     spe, every_steps = self.steps_per_epoch, config.train.checkpoint_every_steps
     stopped = self.step >= self.total_steps or self.meta['stop_reason']
-    for epoch in range(self.meta['epoch'], self.num_epochs if not stopped else 0):
+    # A run that ended within an epoch (total_steps) has evaluated it; resumed with more steps, it trains the
+    # rest of that epoch first.
+    first = min(self.meta['epoch'], self.step // spe)
+    for epoch in range(first, self.num_epochs if not stopped else 0):
       batches = run.batches(epoch, self.total_steps - self.step, start=self.step - epoch * spe)
       with contextlib.closing(batches):  # at once when the loop is left early (see pipeline.prefetched)
         for batch in batches:
