@@ -177,6 +177,55 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Paddin
   raise ValueError(f'unknown convolution implementation {impl!r}; choose one of {IMPLEMENTATIONS}')
 
 
+# A dense convolution with at most this many input channels (a stem on RGB or grayscale images) runs as a
+# tap sum on CPU.
+FEW_CHANNELS = 4
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def few_channel_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """Dense convolution of an input with few channels as k*k*C_in broadcast products summed in one loop;
+  kernel (k, k, C_in, C_out) as nn.Conv's.
+
+  XLA:CPU runs a stem convolution (3x3, stride 2, 3 input channels) through YNNPACK slowly: at
+  32x224x224x3 -> 32 channels, 63-90 ms against PyTorch's 21-25 ms; as this sum, which XLA fuses into one
+  loop over the output vectorised along C_out, 26-28 ms (AMD EPYC; experiments/RESULTS.md, "CPU speed").
+  The gradients are XLA's: its filter gradient is faster than this sum's (60 against 78-96 ms).
+  """
+  weights = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)  # (tap, c) rows, as the products below
+  products = (view[..., c:c + 1].astype(jnp.float32)
+              for view in _sliced_taps(x, kernel.shape[0], stride, padding) for c in range(x.shape[-1]))
+  out = functools.reduce(lambda total, term: total + term, (p * w for p, w in zip(products, weights)))
+  return out.astype(x.dtype)
+
+
+def dense_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """Dense convolution through XLA's (the reference)."""
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _few_channel_taps_fwd(x, kernel, stride, padding):
+  return few_channel_taps(x, kernel, stride, padding), (x, kernel)
+
+
+def _few_channel_taps_bwd(stride, padding, residuals, grad):
+  _, vjp = jax.vjp(lambda x, kernel: dense_xla(x, kernel, stride, padding), *residuals)
+  return vjp(grad)
+
+
+few_channel_taps.defvjp(_few_channel_taps_fwd, _few_channel_taps_bwd)
+
+
+def dense_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, impl: str) -> jax.Array:
+  """Dense k x k convolution of NHWC `x` with a (k, k, C_in, C_out) kernel by the named implementation
+  ('fast' is the tap sum for inputs of at most FEW_CHANNELS channels, XLA's otherwise)."""
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'unknown convolution implementation {impl!r}; choose one of {IMPLEMENTATIONS}')
+  if impl == 'fast' and x.shape[-1] <= FEW_CHANNELS:
+    return few_channel_taps(x, kernel, stride, padding)
+  return dense_xla(x, kernel, stride, padding)
+
+
 @jax.custom_vjp
 def pointwise_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """1x1 convolution as one matrix product of the (N*H*W, C_in) input with the (C_in, C_out) kernel."""

@@ -137,8 +137,7 @@ class Conv(nn.Module):
       y = convolutions.pointwise_conv(x, kernel, self.layer.impl)
     else:
       padding = convolutions.explicit_padding(x.shape[1:3], self.kernel, self.stride, self.layer.padding)
-      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), padding,
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = convolutions.dense_conv(x, kernel, self.stride, padding, self.layer.impl)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
     return y

@@ -31,6 +31,37 @@ def test_tap_sum_equals_xla_depthwise_convolution_with_both_gradients(kernel, st
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * float(jnp.abs(reference).max()))
 
 
+@pytest.mark.parametrize('kernel,stride,mode,size', CASES)
+@pytest.mark.parametrize('channels', [1, 3])
+def test_few_channel_tap_sum_equals_xla_dense_convolution_with_both_gradients(kernel, stride, mode, size, channels):
+  keys = jax.random.split(jax.random.PRNGKey(kernel * 100 + stride * 10 + size + channels), 3)
+  x = jax.random.normal(keys[0], (2, size, size + 1, channels))
+  w = jax.random.normal(keys[1], (kernel, kernel, channels, 5))
+  padding = convolutions.explicit_padding(x.shape[1:3], kernel, stride, mode)
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def outputs(x, w, g, impl):
+    out, vjp = jax.vjp(lambda x, w: convolutions.dense_conv(x, w, stride, padding, impl), x, w)
+    return (out, *vjp(g))
+
+  g = jax.random.normal(keys[2], jax.eval_shape(lambda: convolutions.dense_xla(x, w, stride, padding)).shape)
+  assert 'conv_general_dilated' not in str(jax.make_jaxpr(  # the forward pass is the tap sum, not XLA's conv
+      lambda x: convolutions.dense_conv(x, w, stride, padding, 'fast'))(x))
+  for fast, reference in zip(outputs(x, w, g, 'fast'), outputs(x, w, g, 'xla')):
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * float(jnp.abs(reference).max()))
+
+
+def test_few_channel_tap_sum_in_bfloat16_accumulates_in_float32():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 11, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 8))
+  padding = convolutions.explicit_padding((11, 11), 3, 2, 'symmetric')
+  want = convolutions.dense_xla(x, w, 2, padding)
+  got = convolutions.few_channel_taps(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 2, padding)
+  assert got.dtype == jnp.bfloat16
+  # bf16 inputs (8-bit mantissas) and one rounding of the float32 sum: within a few bf16 steps of the output
+  np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.03 * float(jnp.abs(want).max()))
+
+
 def test_same_padding_equals_xla_same():
   x = jnp.ones((1, 9, 10, 2))
   w = jnp.ones((3, 3, 1, 2))
