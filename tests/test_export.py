@@ -1,5 +1,5 @@
-"""lightcls.export and lightcls.predict on a small trained run (GhostNet 1.0 on scikit-learn's digits, one
-epoch): every format and precision against the JAX model on real validation images, the preprocessing
+"""lightcls.export and lightcls.predict on a small trained run (GhostNet 1.0 on scikit-learn's digits, three
+epochs): every format and precision against the JAX model on real validation images, the preprocessing
 inside raw-input models against PIL's, and failures that write nothing."""
 import hashlib
 import json
@@ -20,7 +20,9 @@ from tests import helpers
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
-  config = helpers.small_config()
+  # Three epochs: after one (62% top-1) many images are near-ties, and whether int8 flips them depends on the
+  # rounding of training; after three (85-92%) the int8 checks measure quantization, not luck.
+  config = helpers.small_config(**{'train.total_epochs': 3.0})
   config.export.formats = ('tflite',)  # exported when training ends
   train.train_and_evaluate(config, workdir)
   return workdir
@@ -81,7 +83,7 @@ def test_folded_inference_model_equals_the_trained_model_in_evaluation_mode(run,
 def test_export_agrees_with_the_jax_model_on_validation_images(run, reference, tmp_path, fmt, quantize, batch, raw,
                                                              input_size):
   images, labels, want, model_run = reference
-  options = export.Options(fmt, quantize, batch, raw, input_size, verify_images=32, calibration_images=64)
+  options = export.Options(fmt, quantize, batch, raw, input_size, verify_images=64, calibration_images=64)
   card = export.export(run, options, output_dir=str(tmp_path))
   model = deployed.load(str(tmp_path / options.name / export.MODEL_FILES[fmt]))
   assert model.input_shape == (batch or None, *(input_size or (32, 32)), 3 if raw else 1)
@@ -97,7 +99,8 @@ def test_export_agrees_with_the_jax_model_on_validation_images(run, reference, t
     exact = want
   got = model(inputs)
   assert got.shape == (len(images), 10)
-  np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-2)
+  # int8 probabilities come in steps of 1/256, each rounded: 10 of them may sum to 1 +- 5/256
+  np.testing.assert_allclose(got.sum(1), 1.0, atol=5 / 256 if quantize == 'int8' else 1e-2)
   agreement = np.mean(got.argmax(1) == exact.argmax(1))
   if quantize == 'int8':
     assert agreement >= 0.9
@@ -110,7 +113,7 @@ def test_export_agrees_with_the_jax_model_on_validation_images(run, reference, t
     levels = 1.5 if input_size else 0.01  # PIL rounds to 8 bits after each of its passes
     np.testing.assert_allclose(ours, np.stack([prepare(x) for x in inputs]), atol=levels / 255 / 0.3236)
   verification = card['verification']
-  assert verification['images'] == 32 and verification['passed']
+  assert verification['images'] == 64 and verification['passed']
   assert verification['top1_jax'] - verification['top1_export'] == pytest.approx(verification['top1_drop'])
 
 
@@ -220,4 +223,3 @@ def test_int8_tflite_hard_swish_runs_in_one_xnnpack_piece(tmp_path):
   want = np.asarray(block(calibration[:1]))
   # int8 steps of the output's range (about 1/250 of it), accumulated over two layers
   np.testing.assert_allclose(deployed.load(path, 1)(calibration[:1]), want, atol=0.03 * np.abs(want).max())
-
