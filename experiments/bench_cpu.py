@@ -21,7 +21,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench_train  # noqa: E402  (the timm model names and the shared train-step setup)
-from lightcls import models, steps  # noqa: E402
+from lightcls import cli, models, steps  # noqa: E402
 from tests import reference  # noqa: E402
 
 MODELS = 'ghostnet,efficientnet_b0,mobilenet_v3_large,mobilenet_v3_small,mobilenet_v2,mobilenet_v1'
@@ -96,13 +96,16 @@ def main():
   parser.add_argument('--conv_impl', default='auto', help="lightcls model.conv_impl: auto | fast | xla")
   parser.add_argument('--small_input', action='store_true',
                       help='lightcls small-input variants (stride 8; timm has no such variant, so not a pair)')
+  parser.add_argument('--default_malloc', action='store_true',
+                      help="glibc's malloc as it comes, not as lightcls commands set it (cli.keep_freed_host_memory)")
   args = parser.parse_args()
+  kept = not args.default_malloc and cli.keep_freed_host_memory()  # before JAX and PyTorch start threads
   import torch
   reference.timm()
   torch.set_num_threads(args.threads)
   print(f'jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), '
         f'{os.cpu_count()} cores; conv_impl={args.conv_impl}; malloc: '
-        f'{"tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"}', flush=True)
+        f'{os.environ.get("LD_PRELOAD") or ("glibc, freed memory kept" if kept else "glibc")}', flush=True)
   rows = []
   for setting in args.settings.split(','):
     size, batch = map(int, setting.split('x'))

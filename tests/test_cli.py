@@ -1,0 +1,52 @@
+"""lightcls.cli: the malloc setting every command makes before JAX starts (its effect on a real XLA program,
+measured in fresh processes against glibc's default)."""
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from lightcls import cli
+from tests import helpers
+
+# A jitted program whose scratch buffer (the cumulative sum, 32 MB) is above glibc's largest mmap threshold;
+# prints the page faults of each of 20 executions after five.
+_FAULTS_PER_EXECUTION = '''
+import json, resource, sys
+from lightcls import cli
+kept = sys.argv[1] == 'kept' and cli.keep_freed_host_memory()
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: (jnp.cumsum(x, axis=0)[::-1] * x).sum())
+x = jnp.ones((1024, 8192))
+for _ in range(5):
+  f(x).block_until_ready()
+faults = []
+for _ in range(20):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  f(x).block_until_ready()
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({'kept': kept, 'faults': faults}))
+'''
+
+
+def _faults(mode: str) -> dict:
+  result = subprocess.run([sys.executable, '-c', _FAULTS_PER_EXECUTION, mode], cwd=helpers.REPO,
+                          capture_output=True, text=True, check=True)
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc', reason='glibc only')
+def test_kept_freed_memory_spares_xla_the_page_faults_of_a_fresh_scratch_buffer_every_execution():
+  pages = 1024 * 8192 * 4 // 4096
+  default, kept = _faults('default'), _faults('kept')
+  assert not default['kept'] and kept['kept']
+  # glibc's default maps the buffer anew for each execution and faults in every page of it ...
+  assert sorted(default['faults'])[10] >= pages
+  # ... kept, the pages are reused: most executions touch no new page (a few may while the heap grows to fit it).
+  assert sorted(kept['faults'])[10] < pages // 100
+
+
+def test_a_preloaded_allocator_is_left_alone(monkeypatch):
+  monkeypatch.setenv('LD_PRELOAD', '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4')
+  assert cli.keep_freed_host_memory() is False
