@@ -88,15 +88,15 @@ def test_fine_tuning_from_another_run_with_a_frozen_base_trains_only_the_classif
 
 
 def test_a_finished_run_resumed_with_more_steps_trains_the_rest_of_its_last_epoch_as_a_longer_run_would(tmp_path):
-  """Ended at step 10 of 4-step epochs (in epoch 3, which it evaluated), then run again with total_steps 16: it
-  trains steps 11-16 on the batches a 16-step run trains there, to the same weights."""
+  """Ended at step 6 of 4-step epochs (in epoch 2, which it evaluated), then run again with total_steps 8: it
+  trains steps 7-8 on the batches an 8-step run trains there, to the same weights."""
   from tests.helpers import digits_subset
   dataset = digits_subset()  # 64 examples, batch 16: 4 steps an epoch; no schedule milestones: a constant rate
   extended, straight = str(tmp_path / 'extended'), str(tmp_path / 'straight')
-  train.train_and_evaluate(small_config(**{'train.total_steps': 10}), extended, dataset=dataset)
-  result = train.train_and_evaluate(small_config(**{'train.total_steps': 16}), extended, dataset=dataset)
-  want = train.train_and_evaluate(small_config(**{'train.total_steps': 16}), straight, dataset=dataset)
-  assert [r['step'] for r in read_jsonl(extended) if 'train/loss' in r][-1] == 16
-  params = [checkpoint.read(workdir, step=16)[0]['params'] for workdir in (extended, straight)]
+  train.train_and_evaluate(small_config(**{'train.total_steps': 6}), extended, dataset=dataset)
+  result = train.train_and_evaluate(small_config(**{'train.total_steps': 8}), extended, dataset=dataset)
+  want = train.train_and_evaluate(small_config(**{'train.total_steps': 8}), straight, dataset=dataset)
+  assert [r['step'] for r in read_jsonl(extended) if 'train/loss' in r][-1] == 8
+  params = [checkpoint.read(workdir, step=8)[0]['params'] for workdir in (extended, straight)]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *params)
   assert result['final'] == want['final']
