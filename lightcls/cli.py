@@ -106,7 +106,7 @@ def keep_freed_host_memory() -> bool:
   mmap, as a thread arena cannot hold it, and gives it back with munmap, so every step touched fresh pages:
   500,000 page faults and a 0.2 s munmap, a third of that step (experiments/RESULTS.md, "CPU speed"). One
   arena that never maps or trims keeps the pages; the process holds its peak memory instead. It must run
-  before XLA starts its threads; later threads would keep their own arenas.
+  before XLA starts its threads: a thread that already has an arena keeps it.
   """
   preloaded = 'malloc' in os.environ.get('LD_PRELOAD', '')
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc' or preloaded:
