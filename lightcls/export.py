@@ -39,7 +39,7 @@ from absl import app, flags, logging
 import lightcls
 from lightcls import checkpoint, cli, config_utils, models, onnx_graph, steps
 from lightcls.data import pipeline, sources
-from lightcls.models import convert, layers, mutual
+from lightcls.models import convert, convolutions, layers, mutual
 
 FORMATS = ('tflite', 'onnx', 'savedmodel')
 QUANTIZATIONS = ('float32', 'float16', 'int8')
@@ -165,8 +165,7 @@ def resize_matrix(source: int, target: int) -> np.ndarray:
 def _times_last_axis(x: jax.Array, matrix: np.ndarray) -> jax.Array:
   """x @ matrix for a rank-4 x, as a 1x1 convolution: a matmul becomes a reshape and a FULLY_CONNECTED in
   TFLite, whose reshape tf2onnx gets wrong when the batch is dynamic; a convolution needs no reshape."""
-  return jax.lax.conv_general_dilated(x, jnp.asarray(matrix)[None, None], (1, 1), 'VALID',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return convolutions.pointwise_conv(x, jnp.asarray(matrix)[None, None], 'xla')
 
 
 def _center_square(x: jax.Array) -> jax.Array:

@@ -260,5 +260,5 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
   if impl == 'fast':
     return pointwise_dot(x, kernel).reshape(*x.shape[:-1], kernel.shape[-1])
   if impl == 'xla':
-    return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return dense_xla(x, kernel, 1, 'VALID')
   raise ValueError(f'unknown convolution implementation {impl!r}; choose one of {IMPLEMENTATIONS}')
