@@ -1,17 +1,28 @@
 """Exact rewrites of the ONNX graphs tf2onnx makes from our TFLite models, so that onnxruntime runs them as fast
 as the graphs PyTorch exports.
 
-tf2onnx translates TFLite's NHWC graph op by op and cancels the layout Transposes it can. Two patterns survive
-in our models that timm's ONNX graphs do not have (experiments/RESULTS.md, "Inference latency"):
+tf2onnx translates TFLite's NHWC graph op by op and cancels the layout Transposes it can. Four patterns survive
+in our models that timm's ONNX graphs do not have, or that onnxruntime runs slower than timm's
+(experiments/RESULTS.md, "Inference latency"):
 - A zero Pad between the input and its NHWC -> NCHW Transpose into the stride-2 stem Conv: TFLite's CONV_2D
   pads only 'SAME'. onnxruntime fuses a Pad only into a Conv it feeds directly; in int8 the Pad runs in float32
   between a Dequantize and a Quantize of the whole input (MobileNetV2 int8, batch 32: 77 -> 69 ms).
 - Squeeze-excite's global pool as Transpose (back to NHWC) -> ReduceSum -> Mul by 1/(H*W) -> Reshape to
   (N, C, 1, 1) -> Conv, and one more Reshape to the shape its input has before the second Conv: five ops where
   timm's graph has one ReduceMean (EfficientNet-B0: 65 of its 309 nodes).
+- The NHWC input's Transpose to NCHW for the stem Conv (timm's graph takes NCHW): 1.4 ms of MobileNetV2's
+  135 ms at batch 32. With 3 channels, (N, H, W, 3) is already the NCHW tensor (N, 1, H, 3W) of one channel,
+  which the stem reads through a free Reshape, the kernel's channels interleaved along its width.
+- Hard-sigmoid as Conv -> Clip(0, 6) -> Mul by 1/6 (squeeze-excite's gate in the MobileNetV3s): onnxruntime
+  fuses the Clip into the Conv but runs the Mul on its own (1.6 ms of MobileNetV3-Large's 113 ms at batch 32),
+  where timm's HardSigmoid fuses whole. The positive scale moves into the Conv and the Clip's bounds.
+- Global pools as ReduceSum (the head's, and squeeze-excite's after the rewrites above): onnxruntime's blocked
+  (NCHWc) layout has no ReduceSum, so the whole feature map is reordered out of it first (0.6 ms of the same
+  batch); its GlobalAveragePool reads the blocked layout.
 Every rewrite gives the same function: a Pad's zeros become the Conv's, a reduction reads the untransposed
-tensor over the permuted axes, 1/(H*W) moves into the next Conv's kernel, and a Reshape to its input's own
-shape is dropped.
+tensor over the permuted axes, 1/(H*W) moves into the next Conv's kernel (and H*W back into it for an average
+pool), a Reshape to its input's own shape is dropped, a kernel's taps are reordered as its input is, and a
+positive scale after a Clip scales the Conv before it and the bounds (c * clip(z, a, b) = clip(c * z, c * a, c * b)).
 """
 from __future__ import annotations
 
@@ -23,13 +34,22 @@ if TYPE_CHECKING:  # imported where used: the export extras are optional
   import onnx
 
 NCHW_SPATIAL = [2, 3]
+NARROW_INPUT = 4  # channels (RGB, grayscale): fewer than onnxruntime's blocked layout holds, so it transposes
 
 
 def simplified(model: onnx.ModelProto) -> onnx.ModelProto:
   """`model` (changed in place) with every rewrite of this module applied."""
   for rewrite in (input_pad_folded, reductions_untransposed, pool_scales_folded, pools_kept_4d,
-                  shape_keeping_reshapes_dropped):
+                  shape_keeping_reshapes_dropped, few_channel_transposes_reshaped, spatial_sums_averaged,
+                  clip_scales_folded):
     rewrite(model)
+  return _unread_constants_dropped(model)
+
+
+def _unread_constants_dropped(model: onnx.ModelProto) -> onnx.ModelProto:
+  read = {name for node in model.graph.node for name in node.input}
+  for tensor in [t for t in model.graph.initializer if t.name not in read]:
+    model.graph.initializer.remove(tensor)
   return model
 
 
@@ -186,3 +206,86 @@ def _reshapes_to(g: _Graph, reshape, shape: list | None) -> bool:
     return False
   batch = target[0] in (-1, 0) or target[0] == shape[0]
   return batch and list(target[1:]) == list(shape[1:]) and _attribute(reshape, 'allowzero', 0) == 0
+
+
+def few_channel_transposes_reshaped(model: onnx.ModelProto) -> onnx.ModelProto:
+  """Each NHWC -> NCHW Transpose of a tensor of at most NARROW_INPUT channels (H, W, C known) read only by
+  an ungrouped, undilated Conv whose kernel nothing else reads, replaced by a Reshape to (N, 1, H, W * C): the
+  Conv reads each pixel's C values as C adjacent columns, with a (KH, KW * C) kernel and C times the width's
+  stride and padding."""
+  g = _Graph(model, shapes=True)
+  for transpose in [node for node in g.graph.node if node.op_type == 'Transpose']:
+    conv, shape = g.only_reader(transpose, 'Conv'), g.shapes.get(transpose.input[0])
+    if (conv is None or conv.input[0] != transpose.output[0] or list(_attribute(transpose, 'perm')) != [0, 3, 1, 2]
+        or not shape or None in shape[1:] or shape[3] > NARROW_INPUT or _attribute(conv, 'group', 1) != 1
+        or any(d != 1 for d in _attribute(conv, 'dilations', [1, 1]))
+        or _attribute(conv, 'auto_pad', b'NOTSET') != b'NOTSET' or conv.input[1] not in g.constants
+        or len(g.readers[conv.input[1]]) != 1):
+      continue
+    _, height, width, channels = shape
+    kernel = g.constants[conv.input[1]]
+    out, _, kernel_h, kernel_w = kernel.shape
+    g.replace_constant(conv.input[1], np.ascontiguousarray(  # [o, 0, kh, kw * C + c] = [o, c, kh, kw]
+        kernel.transpose(0, 2, 3, 1).reshape(out, 1, kernel_h, kernel_w * channels)))
+    stride_h, stride_w = _attribute(conv, 'strides', [1, 1])
+    top, left, bottom, right = _attribute(conv, 'pads', [0, 0, 0, 0])
+    _set_attribute(conv, 'kernel_shape', [kernel_h, kernel_w * channels])
+    _set_attribute(conv, 'strides', [stride_h, stride_w * channels])
+    _set_attribute(conv, 'pads', [top, left * channels, bottom, right * channels])
+    transpose.op_type = 'Reshape'
+    del transpose.attribute[:]
+    transpose.input.append(g.add_constant(f'{transpose.output[0]}/shape',
+                                          np.array([-1, 1, height, width * channels], np.int64)))
+  return model
+
+
+def spatial_sums_averaged(model: onnx.ModelProto) -> onnx.ModelProto:
+  """Each ReduceSum over H and W of an (N, C, H, W) tensor (H, W known) read only by a constant-weight layer
+  whose weights nothing else reads, made a GlobalAveragePool, with H * W moved into those weights: a Conv
+  (keepdims 1; squeeze-excite) or a MatMul (keepdims 0, through a Flatten; the classifier)."""
+  from onnx import helper
+  g = _Graph(model, shapes=True)
+  for reduce in [node for node in g.graph.node if node.op_type == 'ReduceSum']:
+    shape = g.shapes.get(reduce.input[0])
+    axes = g.constants.get(reduce.input[1]) if len(reduce.input) > 1 else None
+    keepdims = _attribute(reduce, 'keepdims', 1)
+    layer = g.only_reader(reduce, 'Conv' if keepdims else 'MatMul')
+    if (layer is None or layer.input[0] != reduce.output[0] or axes is None or list(axes) != NCHW_SPATIAL
+        or not shape or len(shape) != 4 or None in shape[2:] or layer.input[1] not in g.constants
+        or len(g.readers[layer.input[1]]) != 1):
+      continue
+    weights = g.constants[layer.input[1]]
+    g.replace_constant(layer.input[1], (weights * (shape[2] * shape[3])).astype(weights.dtype))
+    if keepdims:
+      nodes = [helper.make_node('GlobalAveragePool', [reduce.input[0]], [reduce.output[0]])]
+    else:
+      nodes = [helper.make_node('GlobalAveragePool', [reduce.input[0]], [f'{reduce.output[0]}/pooled']),
+               helper.make_node('Flatten', [f'{reduce.output[0]}/pooled'], [reduce.output[0]], axis=1)]
+    index = list(g.graph.node).index(reduce)
+    for offset, node in enumerate(nodes):
+      g.graph.node.insert(index + offset, node)
+    g.remove(reduce)
+  return model
+
+
+def clip_scales_folded(model: onnx.ModelProto) -> onnx.ModelProto:
+  """Each Mul by a positive constant scalar c of a Clip with constant bounds of a Conv with constant weights
+  (each the only reader of the one before) folded into the Conv's kernel and bias and the Clip's bounds:
+  c * clip(conv(x), a, b) = clip(conv_{c * kernel, c * bias}(x), c * a, c * b)."""
+  g = _Graph(model)
+  for mul in [node for node in g.graph.node if node.op_type == 'Mul']:
+    scalars = [name for name in mul.input if name in g.constants and g.constants[name].size == 1]
+    clip = g.writer.get(next(name for name in mul.input if name not in scalars)) if len(scalars) == 1 else None
+    conv = g.writer.get(clip.input[0]) if clip is not None and clip.op_type == 'Clip' else None
+    if (conv is None or conv.op_type != 'Conv' or g.only_reader(conv, 'Clip') is not clip
+        or g.only_reader(clip, 'Mul') is not mul or len(clip.input) != 3
+        or not all(name in g.constants for name in [*clip.input[1:], *conv.input[1:]])
+        or not g.constants[scalars[0]].reshape(()) > 0):
+      continue
+    scale = g.constants[scalars[0]].reshape(())
+    for node, roles in ((conv, ('kernel', 'bias')), (clip, ('min', 'max'))):  # new constants: others may
+      node.input[1:] = [g.add_constant(f'{node.output[0]}/{role}', (g.constants[name] * scale).astype(  # read
+          g.constants[name].dtype)) for role, name in zip(roles, node.input[1:])]  # the old ones
+    mul.input[:] = [clip.output[0]]  # for bypass()
+    g.bypass(mul)
+  return model
