@@ -675,9 +675,17 @@ class _Loop:
       results.update(run.evaluate(self.state.with_ema_variables(), prefix='eval_ema')[0])
     train_results = self.log.epoch_results()
     epoch_results = {**results, **train_results}
-    for controller in (self.learning_rate, self.early_stop):
+    controllers = {'learning_rate': self.learning_rate, 'early_stop': self.early_stop}
+    if epoch + 1 == meta['epoch'] and meta.get('controllers_before_partial'):
+      # This epoch ended early once (total_steps) and was evaluated; now trained to its end, its evaluation
+      # replaces that one for the controllers, which then decide as a run that never stopped would.
+      for name, controller in controllers.items():
+        controller.load_state_dict(meta['controllers_before_partial'][name])
+    before = {name: controller.state_dict() for name, controller in controllers.items()}
+    for controller in controllers.values():
       controller.end_epoch(epoch + 1, epoch_results)
     self.meta = meta = _after_eval(meta, results, epoch, step, time.perf_counter() - self.started)
+    meta['controllers_before_partial'] = before if step % self.steps_per_epoch else None
     meta.update(stop_reason=self.learning_rate.stop_reason or self.early_stop.stop_reason)
     write_epoch(self.writer, self.workdir, step, epoch + 1,
                 {**results, 'learning_rate': epoch_rate,

@@ -89,14 +89,23 @@ def test_fine_tuning_from_another_run_with_a_frozen_base_trains_only_the_classif
 
 def test_a_finished_run_resumed_with_more_steps_trains_the_rest_of_its_last_epoch_as_a_longer_run_would(tmp_path):
   """Ended at step 6 of 4-step epochs (in epoch 2, which it evaluated), then run again with total_steps 8: it
-  trains steps 7-8 on the batches an 8-step run trains there, to the same weights."""
+  trains steps 7-8 on the batches an 8-step run trains there, to the same weights, and the plateau schedule
+  and early stopping count epoch 2 once, on its full evaluation, as the 8-step run's do."""
   from tests.helpers import digits_subset
-  dataset = digits_subset()  # 64 examples, batch 16: 4 steps an epoch; no schedule milestones: a constant rate
+  dataset = digits_subset()  # 64 examples, batch 16: 4 steps an epoch
+  # Every epoch that does not improve the loss by 90% is bad: each evaluation moves the controllers' counts.
+  controlled = {'schedule.name': 'plateau', 'schedule.patience': 5, 'schedule.threshold': 0.9,
+                'early_stop.patience': 5, 'early_stop.min_delta': 10.0}
   extended, straight = str(tmp_path / 'extended'), str(tmp_path / 'straight')
-  train.train_and_evaluate(small_config(**{'train.total_steps': 6}), extended, dataset=dataset)
-  result = train.train_and_evaluate(small_config(**{'train.total_steps': 8}), extended, dataset=dataset)
-  want = train.train_and_evaluate(small_config(**{'train.total_steps': 8}), straight, dataset=dataset)
+  train.train_and_evaluate(small_config(**controlled, **{'train.total_steps': 6}), extended, dataset=dataset)
+  result = train.train_and_evaluate(small_config(**controlled, **{'train.total_steps': 8}), extended,
+                                    dataset=dataset)
+  want = train.train_and_evaluate(small_config(**controlled, **{'train.total_steps': 8}), straight,
+                                  dataset=dataset)
   assert [r['step'] for r in read_jsonl(extended) if 'train/loss' in r][-1] == 8
-  params = [checkpoint.read(workdir, step=8)[0]['params'] for workdir in (extended, straight)]
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *params)
+  (params, meta), (want_params, want_meta) = [checkpoint.read(workdir, step=8)[:2] for workdir in (extended, straight)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params['params'],
+               want_params['params'])
   assert result['final'] == want['final']
+  assert meta['learning_rate'] == want_meta['learning_rate'] and meta['early_stop'] == want_meta['early_stop']
+  assert want_meta['learning_rate']['num_bad_epochs'] == 1  # epoch 1 sets the best; epoch 2 is bad
