@@ -1,7 +1,7 @@
 """Exact rewrites of the ONNX graphs tf2onnx makes from our TFLite models, so that onnxruntime runs them as fast
 as the graphs PyTorch exports.
 
-tf2onnx translates TFLite's NHWC graph op by op and cancels the layout Transposes it can. Four patterns survive
+tf2onnx translates TFLite's NHWC graph op by op and cancels the layout Transposes it can. Five patterns survive
 in our models that timm's ONNX graphs do not have, or that onnxruntime runs slower than timm's
 (experiments/RESULTS.md, "Inference latency"):
 - A zero Pad between the input and its NHWC -> NCHW Transpose into the stride-2 stem Conv: TFLite's CONV_2D
@@ -22,7 +22,7 @@ in our models that timm's ONNX graphs do not have, or that onnxruntime runs slow
 Every rewrite gives the same function: a Pad's zeros become the Conv's, a reduction reads the untransposed
 tensor over the permuted axes, 1/(H*W) moves into the next Conv's kernel (and H*W back into it for an average
 pool), a Reshape to its input's own shape is dropped, a kernel's taps are reordered as its input is, and a
-positive scale after a Clip scales the Conv before it and the bounds (c * clip(z, a, b) = clip(c * z, c * a, c * b)).
+positive scale after a Clip scales the Conv before it and the bounds: c * clip(z, a, b) = clip(c z, c a, c b).
 """
 from __future__ import annotations
 
@@ -283,9 +283,10 @@ def clip_scales_folded(model: onnx.ModelProto) -> onnx.ModelProto:
         or not g.constants[scalars[0]].reshape(()) > 0):
       continue
     scale = g.constants[scalars[0]].reshape(())
-    for node, roles in ((conv, ('kernel', 'bias')), (clip, ('min', 'max'))):  # new constants: others may
-      node.input[1:] = [g.add_constant(f'{node.output[0]}/{role}', (g.constants[name] * scale).astype(  # read
-          g.constants[name].dtype)) for role, name in zip(roles, node.input[1:])]  # the old ones
+    # Scaled copies: tf2onnx shares equal constants (biases, the Clips' bounds) between layers.
+    for node, roles in ((conv, ('kernel', 'bias')), (clip, ('min', 'max'))):
+      node.input[1:] = [g.add_constant(f'{node.output[0]}/{role}', (g.constants[name] * scale).astype(
+          g.constants[name].dtype)) for role, name in zip(roles, node.input[1:])]
     mul.input[:] = [clip.output[0]]  # for bypass()
     g.bypass(mul)
   return model

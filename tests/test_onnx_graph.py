@@ -151,7 +151,8 @@ def test_sums_over_unknown_sizes_or_into_shared_weights_stay():
            helper.make_node('MatMul', ['sum', 'weights'], ['hidden']),
            helper.make_node('MatMul', ['hidden', 'weights'], ['out'])]
   for shape in ([2, 6, None, None], [2, 6, 5, 7]):
-    ops = _rewritten_agrees(_model(nodes, shape, constants, out_rank=2), rng.standard_normal((2, 6, 5, 7)).astype(np.float32))
+    images = rng.standard_normal((2, 6, 5, 7)).astype(np.float32)
+    ops = _rewritten_agrees(_model(nodes, shape, constants, out_rank=2), images)
     assert ops == ['ReduceSum', 'MatMul', 'MatMul']
 
 
