@@ -26,9 +26,12 @@ TIMM_NAMES = {'ghostnet': 'ghostnet_100', 'efficientnet_b0': 'efficientnet_b0',
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def median_seconds(fn, repeats: int) -> float:
-  """Median wall time of `fn()` over `repeats` calls after one warm-up call."""
-  fn()
+def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
+  """Median wall time of `fn()` over `repeats` calls after `warmup` calls. One is not enough on CPU: the
+  heap grows over the first one to three train steps at 224 px (500,000 page faults each, 3.5 s against
+  0.9 s for MobileNetV3-Large), and a median of 3 after a single warm-up call could land on them."""
+  for _ in range(warmup):
+    fn()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
