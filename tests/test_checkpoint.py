@@ -32,7 +32,7 @@ def test_a_resumed_run_still_ranks_and_keeps_the_earlier_best(tmp_path):
   manager.close()
 
 
-def adamw_state(tx, params):
+def train_state(tx, params):
   return state_lib.TrainState(step=jnp.asarray(0), params=params, batch_stats={}, opt_state=tx.init(params),
                               rng=jax.random.PRNGKey(0), ema=None, apply_fn=None, tx=tx)
 
@@ -46,7 +46,7 @@ def test_a_checkpoint_with_per_parameter_moments_resumes_as_it_would_have(tmp_pa
   params, grads = draw(), [draw() for _ in range(3)]
   with monkeypatch.context() as patch:  # the optimizer as versions before 2026-11-24 built it
     patch.setattr(optim.optax, 'flatten', lambda inner: inner)
-    old = adamw_state(optim.create_optimizer(config), params)
+    old = train_state(optim.create_optimizer(config), params)
     assert any(isinstance(leaf, dict) for leaf in old.opt_state.inner_state[0])  # moments per parameter
     for g in grads[:2]:
       old = old.apply_gradients(g, {}, 0.1)
@@ -55,7 +55,7 @@ def test_a_checkpoint_with_per_parameter_moments_resumes_as_it_would_have(tmp_pa
   checkpoint.save(manager, 2, old, {'epoch': 1}, None)
   manager.wait_until_finished()
 
-  like = adamw_state(optim.create_optimizer(config), jax.tree.map(jnp.zeros_like, params))
+  like = train_state(optim.create_optimizer(config), jax.tree.map(jnp.zeros_like, params))
   assert checkpoint.incompatibility(manager, 2, like) is None
   restored, meta = checkpoint.restore(manager, 2, like)
   size = sum(p.size for p in jax.tree.leaves(params))
@@ -66,5 +66,5 @@ def test_a_checkpoint_with_per_parameter_moments_resumes_as_it_would_have(tmp_pa
 
   sgd = default.get_config().optimizer
   sgd.name = 'sgd'
-  assert 'optimizer state' in checkpoint.incompatibility(manager, 2, adamw_state(optim.create_optimizer(sgd), params))
+  assert 'optimizer state' in checkpoint.incompatibility(manager, 2, train_state(optim.create_optimizer(sgd), params))
   manager.close()
