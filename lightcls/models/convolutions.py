@@ -58,11 +58,24 @@ def _output_shape(x: jax.Array, kernel: int, stride: int, padding: Padding) -> t
 def _sliced_taps(x: jax.Array, kernel: int, stride: int, padding: Padding) -> list[jax.Array]:
   """The padded input each tap multiplies, at output resolution, row-major over the taps."""
   height, width = _output_shape(x, kernel, stride, padding)
-  padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, _spare_channels(x.shape[3], x.dtype.itemsize))))
   return [lax.slice(padded, (0, a, b, 0),
                     (x.shape[0], a + (height - 1) * stride + 1, b + (width - 1) * stride + 1, x.shape[3]),
                     (1, stride, stride, 1))
           for a in range(kernel) for b in range(kernel)]
+
+
+# The filter gradient's reduction walks each image row pixel by pixel, so its addresses step by one
+# pixel's channels. When that step is an even multiple of a 64-byte cache line (128, 256, 512 float32
+# channels), the rows' pixels crowd into a few of the L1 cache's sets and evict each other: on CPU the
+# reduction ran 1.5-4.6x slower per element (32x14x14x512: 21 ms against 5 ms for 496 or 528 channels).
+# One spare cache line per pixel in the padded copy makes the step an odd number of lines; the padded
+# copy exists anyway, and the taps slice the real channels back out (experiments/RESULTS.md, "CPU speed").
+def _spare_channels(channels: int, itemsize: int) -> int:
+  """Channels of zeros to append to the padded input so that a pixel spans an odd number of cache lines."""
+  line = 64
+  row_step = channels * itemsize
+  return line // itemsize if row_step >= 6 * line and row_step % (2 * line) == 0 else 0
 
 
 def _tap_sum(views: list[jax.Array], kernel: jax.Array) -> jax.Array:

@@ -31,6 +31,27 @@ def test_tap_sum_equals_xla_depthwise_convolution_with_both_gradients(kernel, st
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * float(jnp.abs(reference).max()))
 
 
+@pytest.mark.parametrize('dtype,channels,kernel,stride', [(jnp.float32, 128, 3, 1), (jnp.float32, 96, 5, 2),
+                                                          (jnp.bfloat16, 256, 3, 2)])
+def test_tap_sum_with_spare_channels_in_its_padded_copy_equals_xla(dtype, channels, kernel, stride):
+  # Pixels of 128 and 96 float32 or 256 bfloat16 channels get a spare cache line in the padded copy.
+  keys = jax.random.split(jax.random.PRNGKey(channels + stride), 3)
+  x = jax.random.normal(keys[0], (2, 7, 6, channels), dtype)
+  w = jax.random.normal(keys[1], (kernel, kernel, 1, channels), dtype)
+  padding = convolutions.explicit_padding(x.shape[1:3], kernel, stride, 'same')
+
+  def outputs(impl):
+    out, vjp = jax.vjp(lambda x, w: convolutions.depthwise_conv(x, w, stride, padding, impl), x, w)
+    return (out, *vjp(jax.random.normal(keys[2], out.shape, dtype)))
+
+  tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
+  for fast, reference in zip(jax.jit(lambda: outputs('fast'))(), jax.jit(lambda: outputs('xla'))()):
+    assert fast.shape == reference.shape and fast.dtype == reference.dtype
+    reference = np.asarray(reference, np.float32)
+    np.testing.assert_allclose(np.asarray(fast, np.float32), reference, rtol=0,
+                               atol=tolerance * float(np.abs(reference).max()))
+
+
 @pytest.mark.parametrize('kernel,stride,mode,size', CASES)
 @pytest.mark.parametrize('channels', [1, 3])
 def test_few_channel_tap_sum_equals_xla_dense_convolution_with_both_gradients(kernel, stride, mode, size, channels):
