@@ -98,8 +98,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 def keep_freed_host_memory() -> bool:
-  """Makes glibc's malloc keep freed memory for reuse; returns whether it did (False on other C libraries
-  and under a preloaded allocator such as tcmalloc, which keeps it already).
+  """Makes glibc's malloc keep freed memory for reuse, and JAX run CPU computations one at a time; returns
+  whether it did (False on other C libraries and under a preloaded allocator such as tcmalloc, which keeps
+  freed memory already).
 
   XLA:CPU allocates each execution's scratch buffer (2 GB for a MobileNetV3-Large train step at 224 px,
   batch 32) from a worker thread and frees it when the step ends. glibc serves an allocation that large from
@@ -107,14 +108,24 @@ def keep_freed_host_memory() -> bool:
   500,000 page faults and a 0.2 s munmap, a third of that step (experiments/RESULTS.md, "CPU speed"). One
   arena that never maps or trims keeps the pages; the process holds its peak memory instead. It must run
   before XLA starts its threads: a thread that already has an arena keeps it.
+
+  With JAX's asynchronous CPU dispatch, the next step could allocate its scratch buffer before a worker
+  thread had freed the last one; the heap then grew by another buffer and faulted it in (3-5 s steps, and
+  up to 7 GB where 3 GB do). Dispatched synchronously, a computation's buffers are freed before the call
+  returns. Train steps do not wait on the host: batches are prepared on their own threads.
   """
   preloaded = 'malloc' in os.environ.get('LD_PRELOAD', '')
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc' or preloaded:
     return False
   libc = ctypes.CDLL('libc.so.6')
   # -1 for the trim threshold: never return the top of the heap (mallopt(3)).
-  return all(libc.mallopt(param, value) == 1
+  kept = all(libc.mallopt(param, value) == 1
              for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  if kept:
+    import jax  # here: the C library checks above need no JAX
+    # Read when JAX creates its CPU client: in a process that has computed already, this changes nothing.
+    jax.config.update('jax_cpu_enable_async_dispatch', False)
+  return kept
 
 
 def use_compilation_cache() -> None:
