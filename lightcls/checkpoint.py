@@ -6,6 +6,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -47,7 +48,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
 def incompatibility(manager: ocp.CheckpointManager, step: int, like: Any) -> str | None:
   """How checkpoint `step` differs from the state `like` (other model, classes, optimizer, EMA), in a few
   examples; None if it fits. Weights are compared by name and shape; the optimizer state, whose containers
-  Orbax stores in its own form, by the shapes it holds."""
+  Orbax stores in its own form, by the shapes it holds (in this version's layout or the one before it)."""
   saved = manager.item_metadata(step)['state']
   wanted = flax.serialization.to_state_dict(like)
   differences = []
@@ -55,12 +56,36 @@ def incompatibility(manager: ocp.CheckpointManager, step: int, like: Any) -> str
     ours, theirs = _shapes(wanted.get(part)), _shapes(saved.get(part))
     differences += [f'{part}{key}: checkpoint {theirs.get(key, "none")}, this config {ours.get(key, "none")}'
                     for key in sorted(ours.keys() | theirs.keys()) if ours.get(key) != theirs.get(key)]
-  if not differences and (sorted(_shapes(wanted['opt_state']).values()) !=
-                          sorted(_shapes(saved['opt_state']).values())):
+  if not differences and _optimizer_layout(saved, like) is None:
     differences.append('the optimizer state (another optimizer.name, or options that add state)')
   if not differences:
     return None
   return f'{len(differences)} differences, e.g. ' + '; '.join(differences[:3])
+
+
+def _optimizer_layout(saved: Any, like: Any) -> Any:
+  """The abstract state to restore checkpoint metadata `saved` into: that of `like`, or of `like` with
+  its optimizer moments per parameter (`_per_parameter_moments`); None if neither holds its shapes."""
+  if not hasattr(like, 'opt_state'):  # not a train state
+    return abstract(like)
+  theirs = sorted(_shapes(saved['opt_state']).values())
+  for layout in (abstract(like), _per_parameter_moments(abstract(like))):
+    if sorted(_shapes(flax.serialization.to_state_dict(layout)['opt_state']).values()) == theirs:
+      return layout
+  return None
+
+
+def _per_parameter_moments(state: Any) -> Any:
+  """Abstract `state` with the optimizer's moments as checkpoints before 2026-11-24 hold them: a tree of
+  arrays like `params`, where this version keeps one vector over all parameters (`optim`, optax.flatten).
+  Those vectors are the optimizer state's only arrays of the parameter count's length."""
+  size = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+
+  def per_parameter(moment):
+    if moment.shape != (size,):
+      return moment
+    return jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, moment.dtype, sharding=p.sharding), state.params)
+  return state.replace(opt_state=jax.tree.map(per_parameter, state.opt_state))
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -82,10 +107,19 @@ def committed_steps(workdir: str) -> list[int]:
 
 def restore(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
   """Restores checkpoint `step` into the structure, dtypes and shardings of `like` (arrays or their
-  `abstract`; any device count)."""
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract(like)),
+  `abstract`; any device count). A checkpoint with per-parameter optimizer moments (written before
+  2026-11-24) is restored in that layout, then its moments are joined into this version's vectors."""
+  target = abstract(like)
+  layout = _optimizer_layout(manager.item_metadata(step)['state'], like) or target
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(layout),
                                                            meta=ocp.args.JsonRestore()))
-  return restored['state'], restored['meta']
+  state = restored['state']
+  if jax.tree.structure(layout) != jax.tree.structure(target):
+    concatenated = lambda tree: jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+    join = lambda moment, saved: (saved if hasattr(saved, 'shape') else
+                                  jax.jit(concatenated, out_shardings=moment.sharding)(saved))
+    state = state.replace(opt_state=jax.tree.map(join, target.opt_state, state.opt_state))
+  return state, restored['meta']
 
 
 def read(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
