@@ -66,16 +66,16 @@ def _sliced_taps(x: jax.Array, kernel: int, stride: int, padding: Padding) -> li
 
 
 # The filter gradient's reduction walks each image row pixel by pixel, so its addresses step by one
-# pixel's channels. When that step is an even multiple of a 64-byte cache line (128, 256, 512 float32
-# channels), the rows' pixels crowd into a few of the L1 cache's sets and evict each other: on CPU the
-# reduction ran 1.5-4.6x slower per element (32x14x14x512: 21 ms against 5 ms for 496 or 528 channels).
-# One spare cache line per pixel in the padded copy makes the step an odd number of lines; the padded
-# copy exists anyway, and the taps slice the real channels back out (experiments/RESULTS.md, "CPU speed").
+# pixel's channels. When that step is an even number of 64-byte cache lines (96, 128, 256, 512 float32
+# channels), the row's pixels crowd into a few of the L1 cache's sets and evict each other: on CPU the
+# reduction ran 1.2-4.7x slower (32x14x14x512: 20 ms against 4-5 ms for 496 or 528 channels). One spare
+# cache line per pixel in the padded copy makes the step odd; the copy exists anyway, and the taps slice
+# the real channels back out. Pixels of 2 or 4 lines gained nothing (experiments/RESULTS.md, "CPU speed").
 def _spare_channels(channels: int, itemsize: int) -> int:
   """Channels of zeros to append to the padded input so that a pixel spans an odd number of cache lines."""
   line = 64
-  row_step = channels * itemsize
-  return line // itemsize if row_step >= 6 * line and row_step % (2 * line) == 0 else 0
+  pixel_bytes = channels * itemsize
+  return line // itemsize if pixel_bytes >= 6 * line and pixel_bytes % (2 * line) == 0 else 0
 
 
 def _tap_sum(views: list[jax.Array], kernel: jax.Array) -> jax.Array:
