@@ -56,20 +56,21 @@ def incompatibility(manager: ocp.CheckpointManager, step: int, like: Any) -> str
     ours, theirs = _shapes(wanted.get(part)), _shapes(saved.get(part))
     differences += [f'{part}{key}: checkpoint {theirs.get(key, "none")}, this config {ours.get(key, "none")}'
                     for key in sorted(ours.keys() | theirs.keys()) if ours.get(key) != theirs.get(key)]
-  if not differences and _optimizer_layout(saved, like) is None:
+  if not differences and _optimizer_layout(saved, abstract(like)) is None:
     differences.append('the optimizer state (another optimizer.name, or options that add state)')
   if not differences:
     return None
   return f'{len(differences)} differences, e.g. ' + '; '.join(differences[:3])
 
 
-def _optimizer_layout(saved: Any, like: Any) -> Any:
-  """The abstract state to restore checkpoint metadata `saved` into: that of `like`, or of `like` with
-  its optimizer moments per parameter (`_per_parameter_moments`); None if neither holds its shapes."""
-  if not hasattr(like, 'opt_state'):  # not a train state
-    return abstract(like)
+def _optimizer_layout(saved: Any, target: Any) -> Any:
+  """The abstract state to restore checkpoint metadata `saved` into: `target` (an `abstract` state), or
+  `target` with its optimizer moments per parameter (`_per_parameter_moments`); None if neither holds its
+  shapes."""
+  if not hasattr(target, 'opt_state'):  # not a train state
+    return target
   theirs = sorted(_shapes(saved['opt_state']).values())
-  for layout in (abstract(like), _per_parameter_moments(abstract(like))):
+  for layout in (target, _per_parameter_moments(target)):
     if sorted(_shapes(flax.serialization.to_state_dict(layout)['opt_state']).values()) == theirs:
       return layout
   return None
@@ -110,7 +111,7 @@ def restore(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, 
   `abstract`; any device count). A checkpoint with per-parameter optimizer moments (written before
   2026-11-24) is restored in that layout, then its moments are joined into this version's vectors."""
   target = abstract(like)
-  layout = _optimizer_layout(manager.item_metadata(step)['state'], like) or target
+  layout = _optimizer_layout(manager.item_metadata(step)['state'], target) or target
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(layout),
                                                            meta=ocp.args.JsonRestore()))
   state = restored['state']
