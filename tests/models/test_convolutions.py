@@ -31,6 +31,24 @@ def test_tap_sum_equals_xla_depthwise_convolution_with_both_gradients(kernel, st
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * float(jnp.abs(reference).max()))
 
 
+@pytest.mark.parametrize('kernel,stride,height,width', [(3, 2, 2, 2), (5, 1, 3, 4), (3, 1, 1, 5)])
+def test_tap_sum_on_images_too_small_for_a_producer_written_pad_equals_xla(kernel, stride, height, width):
+  # These images keep the barrier on the unpadded input (and on the unpadded output gradient).
+  assert height * width < convolutions._PRODUCER_PAD_MIN_PIXELS
+  keys = jax.random.split(jax.random.PRNGKey(kernel + height * width), 3)
+  x = jax.random.normal(keys[0], (3, height, width, 5))
+  w = jax.random.normal(keys[1], (kernel, kernel, 1, 5))
+  padding = convolutions.explicit_padding(x.shape[1:3], kernel, stride, 'same')
+
+  def outputs(impl):
+    # The input comes from an activation, as in a model: its producer is what the barrier holds apart.
+    out, vjp = jax.vjp(lambda x, w: convolutions.depthwise_conv(jax.nn.relu6(x), w, stride, padding, impl), x, w)
+    return (out, *vjp(jax.random.normal(keys[2], out.shape)))
+
+  for fast, reference in zip(jax.jit(lambda: outputs('fast'))(), jax.jit(lambda: outputs('xla'))()):
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * float(jnp.abs(reference).max()))
+
+
 @pytest.mark.parametrize('dtype,channels,kernel,stride', [(jnp.float32, 128, 3, 1), (jnp.float32, 96, 5, 2),
                                                           (jnp.bfloat16, 256, 3, 2)])
 def test_tap_sum_with_spare_channels_in_its_padded_copy_equals_xla(dtype, channels, kernel, stride):
