@@ -47,9 +47,10 @@ def _output_size(length: int, kernel: int, stride: int, pads: tuple[int, int]) -
   return (length + pads[0] + pads[1] - kernel) // stride + 1
 
 
-def _output_shape(x: jax.Array, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
-  return (_output_size(x.shape[1], kernel, stride, padding[0]),
-          _output_size(x.shape[2], kernel, stride, padding[1]))
+def _output_shape(shape: tuple[int, ...], kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
+  """Output rows and columns for an NHWC input of `shape`."""
+  return (_output_size(shape[1], kernel, stride, padding[0]),
+          _output_size(shape[2], kernel, stride, padding[1]))
 
 
 # The tap views are slices of one padded copy of x: in the tap sum 3x faster on CPU than one lax.pad of x
@@ -73,8 +74,7 @@ def _padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
 def _tap_views(padded: jax.Array, shape: tuple[int, ...], kernel: int, stride: int,
                padding: Padding) -> list[jax.Array]:
   """Each tap's slice of `padded` (an input of `shape` padded by `_input_pads`), at output resolution."""
-  height, width = (_output_size(shape[1], kernel, stride, padding[0]),
-                   _output_size(shape[2], kernel, stride, padding[1]))
+  height, width = _output_shape(shape, kernel, stride, padding)
   return [lax.slice(padded, (0, a, b, 0),
                     (shape[0], a + (height - 1) * stride + 1, b + (width - 1) * stride + 1, shape[3]),
                     (1, stride, stride, 1))
@@ -116,9 +116,9 @@ _PRODUCER_PAD_MIN_PIXELS = 16
 # A tap sum reads a padded copy of its input. Held by the barrier, the padded copy, not the input, is what
 # XLA writes: it fuses the pad into the input's producer (BatchNorm and activation, or their gradients),
 # which saves a write and a read of the whole activation per depthwise layer and pass (train step at 224 px,
-# batch 32, on CPU: 3-6% faster for EfficientNet-B0 and MobileNetV1/V2). On images of 2x2 and 1x1 pixels
-# XLA instead copied each tap's slice of the held copy into a buffer of its own (GhostNet at 32 px: 157
-# copies against 23), and the step ran 5-10% slower; those keep the barrier on the input.
+# batch 32, on CPU: up to 9% faster for each of the six models). On images of 2x2 and 1x1 pixels XLA copied
+# each tap's slice of the held copy into a buffer of its own (GhostNet at 32 px: 157 copies against 23),
+# and the step ran 5-12% slower; those keep the barrier on the input.
 def _held_padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
   """x padded as `_padded`, read from memory by its consumers (see `_materialized`)."""
   if x.shape[1] * x.shape[2] >= _PRODUCER_PAD_MIN_PIXELS:
