@@ -50,12 +50,13 @@ def test_kept_freed_memory_spares_xla_the_page_faults_of_a_fresh_scratch_buffer_
 
 
 @pytest.mark.skipif(platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc', reason='glibc only')
-def test_kept_freed_memory_frees_each_scratch_buffer_before_the_next_execution_allocates_its_own():
+def test_kept_freed_memory_lets_the_heap_grow_in_at_most_one_of_a_hundred_executions():
   # Dispatched asynchronously, an execution could allocate its buffer before a worker thread had freed the
-  # last one, and the heap grew by the buffer's size: 1-6 of these 100 executions faulted in ~17,000 pages
-  # each (five runs on 2 cores; experiments/RESULTS.md, "CPU speed"). Dispatched in order, none does.
+  # last one, and the heap grew by the buffer's size (~17,000 pages). On 2 cores with a second run beside
+  # it, that happened in 0-5 of these 100 executions (2 or more in 9 of 12 runs); dispatched in order, in
+  # 0 or 1 (one in 2 of 12 runs; experiments/RESULTS.md, "CPU speed").
   pages = 1024 * 8192 * 4 // 4096
-  assert max(_faults('kept')['faults']) < pages // 100
+  assert sum(faults >= pages // 100 for faults in _faults('kept')['faults']) <= 1
 
 
 def test_a_preloaded_allocator_is_left_alone(monkeypatch):
