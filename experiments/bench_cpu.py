@@ -6,6 +6,7 @@ jit function; PyTorch gets the same thread count (--threads, default all cores),
 
   python experiments/bench_cpu.py                                  # the issue-11 table: 6 models, 2 settings
   python experiments/bench_cpu.py --models=mobilenet_v3_large --settings=224x32 --conv_impl=xla
+  python experiments/bench_cpu.py --cpu_codegen=fast_compile       # XLA's older emitters: faster compiles
 
 Settings are SIZExBATCH: 224x32 (ImageNet-sized) and 32x128 (CIFAR-sized), the same architecture on both
 sides (--small_input times lightcls' stride-8 variants instead, which timm lacks). Ratios are PyTorch time /
@@ -34,10 +35,10 @@ def compiled(jitted, *args):
   return executable, time.perf_counter() - start
 
 
-def lightcls_times(name: str, size: int, batch: int, repeats: int, conv_impl: str,
-                   small_input: bool) -> dict[str, float]:
+def lightcls_times(name: str, size: int, batch: int, repeats: int, conv_impl: str, small_input: bool,
+                   cpu_codegen: str) -> dict[str, float]:
   model, state, (batch_data,), train_step = bench_train.train_setup(
-      name, size, batch, small_input=small_input, conv_impl=conv_impl, num_batches=1)
+      name, size, batch, small_input=small_input, conv_impl=conv_impl, num_batches=1, cpu_codegen=cpu_codegen)
   mean, std = bench_train.MEAN, bench_train.STD
   step, train_compile = compiled(train_step, state, batch_data, 1e-3)
   holder = [state]
@@ -50,7 +51,7 @@ def lightcls_times(name: str, size: int, batch: int, repeats: int, conv_impl: st
   variables = {'params': holder[0].params, 'batch_stats': holder[0].batch_stats}
   forward, forward_compile = compiled(
       jax.jit(lambda v, x: model.apply(v, steps.normalized(x, mean, std), train=False),
-              compiler_options=models.COMPILER_OPTIONS), variables, batch_data['image'])
+              compiler_options=models.compiler_options(cpu_codegen)), variables, batch_data['image'])
   forward_s = bench_train.median_seconds(
       lambda: jax.block_until_ready(forward(variables, batch_data['image'])), repeats)
   return dict(train=train_s, forward=forward_s, train_compile=train_compile, forward_compile=forward_compile)
@@ -94,6 +95,8 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   parser.add_argument('--conv_impl', default='auto', help="lightcls model.conv_impl: auto | fast | xla")
+  parser.add_argument('--cpu_codegen', default='fast_steps', choices=models.CPU_CODEGENS,
+                      help='lightcls model.cpu_codegen: fast_steps | fast_compile')
   parser.add_argument('--small_input', action='store_true',
                       help='lightcls small-input variants (stride 8; timm has no such variant, so not a pair)')
   parser.add_argument('--default_malloc', action='store_true',
@@ -104,13 +107,13 @@ def main():
   reference.timm()
   torch.set_num_threads(args.threads)
   print(f'jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({args.threads} threads), '
-        f'{os.cpu_count()} cores; conv_impl={args.conv_impl}; malloc: '
+        f'{os.cpu_count()} cores; conv_impl={args.conv_impl}, cpu_codegen={args.cpu_codegen}; malloc: '
         f'{os.environ.get("LD_PRELOAD") or ("glibc, freed memory kept" if kept else "glibc")}', flush=True)
   rows = []
   for setting in args.settings.split(','):
     size, batch = map(int, setting.split('x'))
     for name in args.models.split(','):
-      ours = lightcls_times(name, size, batch, args.repeats, args.conv_impl, args.small_input)
+      ours = lightcls_times(name, size, batch, args.repeats, args.conv_impl, args.small_input, args.cpu_codegen)
       theirs = torch_times(name, size, batch, args.repeats)
       rows.append((name, setting, ours, theirs))
       print(f'{name} {setting}: lightcls {ours}; torch {theirs}', flush=True)

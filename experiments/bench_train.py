@@ -41,7 +41,7 @@ def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def train_setup(name: str, size: int, batch: int, dtype: str = 'float32', small_input: bool = False,
-                conv_impl: str = 'auto', num_batches: int = 4):
+                conv_impl: str = 'auto', num_batches: int = 4, cpu_codegen: str = 'fast_steps'):
   """A lightcls model's real train step (crop + flip on the device, label-smoothed cross-entropy, AdamW),
   jit-compiled with the state donated; the model, its initial state and random uint8 batches on the device."""
   config = default.get_config()
@@ -58,7 +58,7 @@ def train_setup(name: str, size: int, batch: int, dtype: str = 'float32', small_
   batches = [{'image': jax.device_put(rng.integers(0, 256, (batch, size, size, 3), np.uint8)),
               'label': jax.device_put(rng.integers(0, 1000, (batch,), np.int32))} for _ in range(num_batches)]
   step = jax.jit(steps.configured_train_step(config, 1000), donate_argnums=0,
-                 compiler_options=models.COMPILER_OPTIONS)
+                 compiler_options=models.compiler_options(cpu_codegen))
   return model, state, batches, step
 
 

@@ -37,6 +37,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1) -> None:
   choice('model.padding', config.model.padding, models.PADDINGS)
   choice('model.dtype', config.model.dtype, DTYPES)
   choice('model.conv_impl', config.model.conv_impl, models.CONV_IMPLS)
+  choice('model.cpu_codegen', config.model.cpu_codegen, models.CPU_CODEGENS)
   choice('model.head', config.model.head, models.HEADS)
   choice('data.source', config.data.source, list(sources.SOURCES) + ['arrays'])
   choice('optimizer.name', config.optimizer.name, list(optim.OPTIMIZERS))

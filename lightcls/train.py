@@ -339,12 +339,13 @@ def compiled_parts(config: ml_collections.ConfigDict, num_classes: int, image_sh
   key = (config.to_json_best_effort(sort_keys=True), num_classes, image_shape, replicated)
   if key not in _COMPILED:
     model, frozen = model_and_frozen_blocks(config, num_classes, image_shape)
+    options = models.compiler_options(config.model.cpu_codegen)
     _COMPILED[key] = Compiled(
         model, frozen, optim.create_optimizer(config.optimizer),
         jax.jit(steps.configured_train_step(config, num_classes, frozen), donate_argnums=0,
-                out_shardings=(replicated, replicated), compiler_options=models.COMPILER_OPTIONS),
+                out_shardings=(replicated, replicated), compiler_options=options),
         jax.jit(steps.configured_eval_step(config, num_classes), out_shardings=replicated,
-                compiler_options=models.COMPILER_OPTIONS))
+                compiler_options=options))
     while len(_COMPILED) > 4:
       _COMPILED.popitem(last=False)
   _COMPILED.move_to_end(key)

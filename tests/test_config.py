@@ -15,6 +15,7 @@ from lightcls.config_utils import ConfigError
     ('data.source', 'imagenet', "'digits'"),
     ('schedule.name', 'onecycle', "'multistep'"),
     ('model.padding', 'valid', "'symmetric'"),
+    ('model.cpu_codegen', 'fast', "'fast_compile'"),
     ('data.train_resize', 'crop', "'center_crop'"),
     ('data.val_fraction', 1.0, r'\[0, 1\)'),
     ('data.erase_background', True, 'crop_to_boxes=True'),
