@@ -21,9 +21,10 @@ COMPILER_OPTIONS = convolutions.COMPILER_OPTIONS
 # without LLVM optimisation 8 s, values within 1 ulp; experiments/RESULTS.md).
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 # config.model.cpu_codegen: how XLA:CPU writes a model's kernels. 'fast_compile' takes its older kernel
-# emitters: train-step compiles about 30% shorter (GhostNet 1.0 at 32 px: 13 s against 19 s), the same
+# emitters: train-step compiles 20-30% shorter (GhostNet 1.0 at 32 px: 13-15 s against 17-20 s), the same
 # results to float rounding, but the depthwise filter gradient's reduction on one core instead of two, so
-# 224 px train steps up to 14% slower. Short runs gain (the quickstart: 71 s against 92 s); long ones lose.
+# 224 px train steps up to 14% slower. Short runs gain (the quickstart: 70-84 s against 90-101 s); long
+# ones lose.
 CPU_CODEGENS = ('fast_steps', 'fast_compile')
 
 
