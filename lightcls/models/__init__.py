@@ -154,5 +154,5 @@ def create(name: str, num_classes: int, **options) -> nn.Module:
   return create_model(config, num_classes)
 
 
-__all__ = ['CLASSIFIERS', 'CONV_IMPLS', 'CPU_CODEGENS', 'HEADS', 'MODELS', 'PADDINGS', 'create', 'create_model', 'layer_config',
-           'optional', 'smallest_image', 'total_stride', 'unsupported']
+__all__ = ['CLASSIFIERS', 'CONV_IMPLS', 'CPU_CODEGENS', 'HEADS', 'MODELS', 'PADDINGS', 'compiler_options', 'create',
+           'create_model', 'layer_config', 'optional', 'smallest_image', 'total_stride', 'unsupported']
