@@ -22,9 +22,9 @@ COMPILER_OPTIONS = convolutions.COMPILER_OPTIONS
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 # config.model.cpu_codegen: how XLA:CPU writes a model's kernels. 'fast_compile' takes its older kernel
 # emitters: train-step compiles 20-30% shorter (GhostNet 1.0 at 32 px: 13-15 s against 17-20 s), the same
-# results to float rounding, but the depthwise filter gradient's reduction on one core instead of two, so
-# 224 px train steps up to 14% slower. Short runs gain (the quickstart: 70-84 s against 90-101 s); long
-# ones lose.
+# results to float rounding. Their depthwise filter gradient's reduction runs on one core (2x slower alone);
+# whole steps were 3-12% slower only when compiled beside the default in one process, and as fast or faster
+# in a process of their own (experiments/RESULTS.md). The quickstart takes 70-84 s against 90-101 s.
 CPU_CODEGENS = ('fast_steps', 'fast_compile')
 
 
