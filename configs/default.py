@@ -80,8 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.padding = 'symmetric'         # symmetric (PyTorch/timm) | same (TF/Keras)
   model.dtype = 'float32'             # compute dtype: float32 | bfloat16 (parameters stay float32)
   model.conv_impl = 'auto'            # depthwise/1x1 convolutions: auto (fastest measured) | xla | fast
-  model.cpu_codegen = 'fast_steps'    # XLA:CPU kernels: fast_steps | fast_compile (older emitters: 20-30%
-                                      # shorter compiles; step times in experiments/RESULTS.md)
+  model.cpu_codegen = 'fast_compile'  # XLA:CPU kernels: fast_compile (older emitters: 10-40% shorter
+                                      # compiles) | fast_steps (XLA's newer emitters; experiments/RESULTS.md)
   model.classifier = 'linear'         # linear | cosine (normalised features and weights: AM-Softmax's head)
 
   config.init = init = ml_collections.ConfigDict()  # weights to start from (not when resuming)

@@ -18,5 +18,4 @@ def get_config():
   config.optimizer.lr = 2e-3
   config.schedule.milestones_epochs = (14, 18)
   config.loss.label_smoothing = 0.1
-  config.model.cpu_codegen = 'fast_compile'  # a 1-minute run: the compile is a third of it
   return config

@@ -81,7 +81,7 @@ def augmentation_and_step(size: int, batch: int, repeats: int, conv_impl: str) -
     state = state_lib.create_train_state(model, optim.create_optimizer(config.optimizer), (size, size, 3), 0,
                                          device)
     step = jax.jit(steps.configured_train_step(step_config, 10), donate_argnums=0,
-                   compiler_options=models.COMPILER_OPTIONS)
+                   compiler_options=models.compiler_options(config.model.cpu_codegen))
     start = time.perf_counter()
     state, _ = step(state, {'image': images, 'label': labels}, 1e-3)
     jax.block_until_ready(state)

@@ -41,7 +41,7 @@ def median_seconds(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def train_setup(name: str, size: int, batch: int, dtype: str = 'float32', small_input: bool = False,
-                conv_impl: str = 'auto', num_batches: int = 4, cpu_codegen: str = 'fast_steps'):
+                conv_impl: str = 'auto', num_batches: int = 4, cpu_codegen: str = 'fast_compile'):
   """A lightcls model's real train step (crop + flip on the device, label-smoothed cross-entropy, AdamW),
   jit-compiled with the state donated; the model, its initial state and random uint8 batches on the device."""
   config = default.get_config()

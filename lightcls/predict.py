@@ -60,7 +60,7 @@ def from_workdir(workdir: str, step: int | None = None, ema: bool = False, batch
 
   from lightcls import deployed, export, models
   run = export.read_run(workdir, step, ema, conv_impl='auto')
-  apply = jax.jit(run.apply, compiler_options=models.COMPILER_OPTIONS)
+  apply = jax.jit(run.apply, compiler_options=models.compiler_options(run.config.model.cpu_codegen))
   classify = lambda inputs: deployed.in_batches(apply, inputs, batch_size)
   size, _, channels = run.image_shape
   data = run.config.data

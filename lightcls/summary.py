@@ -126,7 +126,7 @@ def latency(model: nn.Module, image_shape: tuple[int, ...], batch: int, repeats:
   """Median seconds of one jit-compiled eval forward pass at `batch` (after compiling and a warm-up)."""
   x = jnp.asarray(jax.random.normal(jax.random.PRNGKey(1), (batch, *image_shape)))
   variables = jax.jit(model.init, compiler_options=models.INIT_COMPILER_OPTIONS)(jax.random.PRNGKey(0), x[:1])
-  forward = jax.jit(lambda v, x: model.apply(v, x), compiler_options=models.COMPILER_OPTIONS)
+  forward = jax.jit(lambda v, x: model.apply(v, x), compiler_options=models.compiler_options())
   jax.block_until_ready(forward(variables, x))
   jax.block_until_ready(forward(variables, x))
   times = []

@@ -20,15 +20,17 @@ COMPILER_OPTIONS = convolutions.COMPILER_OPTIONS
 # most of its compile in LLVM optimising each parameter's random-number kernels (GhostNet 1.0: 24 s;
 # without LLVM optimisation 8 s, values within 1 ulp; experiments/RESULTS.md).
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
-# config.model.cpu_codegen: how XLA:CPU writes a model's kernels. 'fast_compile' takes its older kernel
-# emitters: train-step compiles 20-30% shorter (GhostNet 1.0 at 32 px: 13-15 s against 17-20 s), the same
-# results to float rounding. Their depthwise filter gradient's reduction runs on one core (2x slower alone);
-# whole steps were 3-12% slower only when compiled beside the default in one process, and as fast or faster
-# in a process of their own (experiments/RESULTS.md). The quickstart takes 70-84 s against 90-101 s.
-CPU_CODEGENS = ('fast_steps', 'fast_compile')
+# config.model.cpu_codegen: how XLA:CPU writes a model's kernels. 'fast_compile', the default, takes its
+# older kernel emitters: train-step compiles 10-40% shorter (GhostNet 1.0 at 32 px: 13-15 s against
+# 17-20 s), the same results to float rounding. 'fast_steps' takes XLA's current MLIR emitters. Over three
+# rounds of one fresh process per model and setting, the older emitters' train steps were as fast at 224 px
+# and as fast or faster at 32 px, although they run the depthwise filter gradient's reduction on one core
+# (2x slower on its own). Only compiled beside the newer ones in one process were they 3-12% slower
+# (experiments/RESULTS.md, "CPU speed").
+CPU_CODEGENS = ('fast_compile', 'fast_steps')
 
 
-def compiler_options(cpu_codegen: str = 'fast_steps') -> dict[str, Any]:
+def compiler_options(cpu_codegen: str = 'fast_compile') -> dict[str, Any]:
   """The `compiler_options` of a jax.jit that runs a model, for config.model.cpu_codegen (ignored off CPU)."""
   if cpu_codegen not in CPU_CODEGENS:
     raise ValueError(f'cpu_codegen={cpu_codegen!r}: expected one of {CPU_CODEGENS}.')
