@@ -94,7 +94,7 @@ def interactive() -> None:
 
 
 # mallopt(3) parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def keep_freed_host_memory() -> bool:
@@ -103,25 +103,26 @@ def keep_freed_host_memory() -> bool:
   freed memory already).
 
   XLA:CPU allocates each execution's scratch buffer (2 GB for a MobileNetV3-Large train step at 224 px,
-  batch 32) from a worker thread and frees it when the step ends. glibc serves an allocation that large from
-  mmap, as a thread arena cannot hold it, and gives it back with munmap, so every step touched fresh pages:
-  500,000 page faults and a 0.2 s munmap, a third of that step (experiments/RESULTS.md, "CPU speed"). One
-  arena that never maps or trims keeps the pages; the process holds its peak memory instead. It must run
-  before XLA starts its threads: a thread that already has an arena keeps it.
+  batch 32) and frees it when the step ends. glibc serves an allocation that large from mmap and gives it
+  back with munmap, so every step touched fresh pages: 500,000 page faults and a 0.2 s munmap, a third of
+  that step (experiments/RESULTS.md, "CPU speed"). With mmap and trimming off, the main arena's heap keeps
+  the pages; the process holds its peak memory instead.
 
-  With JAX's asynchronous CPU dispatch, the next step could allocate its scratch buffer before a worker
-  thread had freed the last one; the heap then grew by another buffer and faulted it in (3-5 s steps, and
-  up to 7 GB where 3 GB do). Dispatched synchronously, that is rare: 0-1 of 100 executions in a loaded
-  test, against 0-5 asynchronously (tests/test_cli.py). Train steps do not wait on the host: batches are
-  prepared on their own threads.
+  Only the main arena can hold a buffer that large, and a thread allocates from its own arena. Dispatched
+  in order, the buffer is allocated by the thread that calls the computation. Dispatched asynchronously, a
+  worker thread allocated it, and the next step could allocate its buffer before that thread had freed the
+  last one: the heap grew by another buffer (3-5 s steps, and up to 7 GB where 3 GB do). In order that is
+  rare: 0-1 of 100 executions in a loaded test, against 0-5 asynchronously (tests/test_cli.py). Train steps
+  do not wait on the host: batches are prepared on their own threads. Other threads keep their own arenas:
+  an earlier single arena for every thread made XLA's compiler threads queue for its lock (GhostNet 1.0's
+  train step at 224 px compiled in 16-21 s against 11-15 s).
   """
   preloaded = 'malloc' in os.environ.get('LD_PRELOAD', '')
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc' or preloaded:
     return False
   libc = ctypes.CDLL('libc.so.6')
   # -1 for the trim threshold: never return the top of the heap (mallopt(3)).
-  kept = all(libc.mallopt(param, value) == 1
-             for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  kept = all(libc.mallopt(param, value) == 1 for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
   if kept:
     import jax  # here: the C library checks above need no JAX
     # Read when JAX creates its CPU client: in a process that has computed already, this changes nothing.
