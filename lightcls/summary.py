@@ -122,11 +122,12 @@ def xla_flops(model: nn.Module, image_shape: tuple[int, ...]) -> float:
   return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
 
 
-def latency(model: nn.Module, image_shape: tuple[int, ...], batch: int, repeats: int) -> float:
+def latency(model: nn.Module, image_shape: tuple[int, ...], batch: int, repeats: int,
+            cpu_codegen: str) -> float:
   """Median seconds of one jit-compiled eval forward pass at `batch` (after compiling and a warm-up)."""
   x = jnp.asarray(jax.random.normal(jax.random.PRNGKey(1), (batch, *image_shape)))
   variables = jax.jit(model.init, compiler_options=models.INIT_COMPILER_OPTIONS)(jax.random.PRNGKey(0), x[:1])
-  forward = jax.jit(lambda v, x: model.apply(v, x), compiler_options=models.compiler_options())
+  forward = jax.jit(lambda v, x: model.apply(v, x), compiler_options=models.compiler_options(cpu_codegen))
   jax.block_until_ready(forward(variables, x))
   jax.block_until_ready(forward(variables, x))
   times = []
@@ -220,8 +221,9 @@ def main(argv: list[str]) -> None:
   print(f'XLA FLOPs of the whole forward pass (batch 1): {xla_flops(model, image_shape) / 1e6:.1f}M')
   if FLAGS.latency:
     run_model = models.create_model(config.model, FLAGS.num_classes)
-    one = latency(run_model, image_shape, 1, FLAGS.repeats)
-    many = latency(run_model, image_shape, 32, max(2, FLAGS.repeats // 4))
+    codegen = config.model.cpu_codegen
+    one = latency(run_model, image_shape, 1, FLAGS.repeats, codegen)
+    many = latency(run_model, image_shape, 32, max(2, FLAGS.repeats // 4), codegen)
     print(f'{jax.devices()[0].platform} latency: {1e3 * one:.1f} ms/image at batch 1, '
           f'{32 / many:.0f} images/s at batch 32')
 
