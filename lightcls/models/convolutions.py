@@ -81,17 +81,18 @@ def _tap_views(padded: jax.Array, shape: tuple[int, ...], kernel: int, stride: i
           for a in range(kernel) for b in range(kernel)]
 
 
-# The filter gradient's reduction walks each image row pixel by pixel, so its addresses step by one
-# pixel's channels. When that step is an even number of 64-byte cache lines (96, 128, 256, 512 float32
-# channels), the row's pixels crowd into a few of the L1 cache's sets and evict each other: on CPU the
-# reduction ran 1.2-4.7x slower (32x14x14x512: 20 ms against 4-5 ms for 496 or 528 channels). One spare
-# cache line per pixel in the padded copy makes the step odd; the copy exists anyway, and the taps slice
-# the real channels back out. Pixels of 2 or 4 lines gained nothing (experiments/RESULTS.md, "CPU speed").
+# The filter gradient's reduction walks each image row pixel by pixel (by two pixels at stride 2), so its
+# addresses step by one or two pixels' channels. When a pixel spans an even number of 64-byte cache lines
+# (32, 64, 96, 128, ... float32 channels), the row's pixels crowd into a few of the L1 cache's sets and evict
+# each other: the reduction ran 1.2-4.7x slower (AMD EPYC, 32x14x14x512: 20 ms against 4-5 ms for 496 or 528
+# channels; Intel Xeon, 32x112x112x64 at stride 2: 38-43 ms against 15-16 ms, 32x112x112x32: 36 against
+# 26 ms). One spare cache line per pixel in the padded copy makes the step odd; the copy exists anyway, and
+# the taps slice the real channels back out (experiments/RESULTS.md, "CPU speed").
 def _spare_channels(channels: int, itemsize: int) -> int:
   """Channels of zeros to append to the padded input so that a pixel spans an odd number of cache lines."""
   line = 64
   pixel_bytes = channels * itemsize
-  return line // itemsize if pixel_bytes >= 6 * line and pixel_bytes % (2 * line) == 0 else 0
+  return line // itemsize if pixel_bytes >= 2 * line and pixel_bytes % (2 * line) == 0 else 0
 
 
 def _tap_sum(views: list[jax.Array], kernel: jax.Array) -> jax.Array:

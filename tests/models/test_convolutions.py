@@ -50,9 +50,11 @@ def test_tap_sum_on_images_too_small_for_a_producer_written_pad_equals_xla(kerne
 
 
 @pytest.mark.parametrize('dtype,channels,kernel,stride', [(jnp.float32, 128, 3, 1), (jnp.float32, 96, 5, 2),
+                                                          (jnp.float32, 64, 3, 2), (jnp.float32, 32, 3, 1),
                                                           (jnp.bfloat16, 256, 3, 2)])
 def test_tap_sum_with_spare_channels_in_its_padded_copy_equals_xla(dtype, channels, kernel, stride):
-  # Pixels of 128 and 96 float32 or 256 bfloat16 channels get a spare cache line in the padded copy.
+  # Pixels of an even number of cache lines get a spare line in the padded copy.
+  assert convolutions._spare_channels(channels, jnp.dtype(dtype).itemsize) * jnp.dtype(dtype).itemsize == 64
   keys = jax.random.split(jax.random.PRNGKey(channels + stride), 3)
   x = jax.random.normal(keys[0], (2, 7, 6, channels), dtype)
   w = jax.random.normal(keys[1], (kernel, kernel, 1, channels), dtype)
