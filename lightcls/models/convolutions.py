@@ -61,9 +61,10 @@ def _sliced_taps(x: jax.Array, kernel: int, stride: int, padding: Padding) -> li
   return _tap_views(_padded(x, _input_pads(x, padding)), x.shape, kernel, stride, padding)
 
 
-def _input_pads(x: jax.Array, padding: Padding) -> tuple[tuple[int, int], ...]:
-  """(before, after) of the input's rows, columns and channels in the copy the taps slice."""
-  return (padding[0], padding[1], (0, _spare_channels(x.shape[3], x.dtype.itemsize)))
+def _input_pads(x: jax.Array, padding: Padding, spare: bool = False) -> tuple[tuple[int, int], ...]:
+  """(before, after) of the input's rows, columns and channels in the copy the taps slice; with `spare`,
+  the channels that the filter gradient's reduction wants (`_spare_channels`)."""
+  return (padding[0], padding[1], (0, _spare_channels(x.shape[3], x.dtype.itemsize) if spare else 0))
 
 
 def _padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
@@ -130,13 +131,21 @@ def _held_padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
   """Depthwise convolution as a sum of shifted inputs; kernel (k, k, 1, C) as nn.Conv's."""
-  return _depthwise_taps_fwd(x, kernel, stride, padding)[0]
+  return _tap_sum_of_padded(x, kernel, stride, padding, spare=False)[0]
 
 
+def _tap_sum_of_padded(x, kernel, stride, padding, spare):
+  """The tap sum, and the padded copy of x it reads."""
+  padded = _held_padded(x, _input_pads(x, padding, spare))
+  return _tap_sum(_tap_views(padded, x.shape, kernel.shape[0], stride, padding), kernel), padded
+
+
+# Only a differentiated tap sum pads with spare channels: its padded copy is the filter gradient's residual.
+# Without a gradient they are pure cost (inference at 224 px, batch 32: EfficientNet-B0, MobileNetV1 and V2
+# 30% slower with pixels of 32 and 64 float32 channels padded to 48 and 80).
 def _depthwise_taps_fwd(x, kernel, stride, padding):
-  padded = _held_padded(x, _input_pads(x, padding))
-  views = _tap_views(padded, x.shape, kernel.shape[0], stride, padding)
-  return _tap_sum(views, kernel), (padded, kernel)
+  out, padded = _tap_sum_of_padded(x, kernel, stride, padding, spare=True)
+  return out, (padded, kernel)
 
 
 def _depthwise_taps_bwd(stride, padding, residuals, grad):
