@@ -93,7 +93,7 @@ def _spare_channels(channels: int, itemsize: int) -> int:
   """Channels of zeros to append to the padded input so that a pixel spans an odd number of cache lines."""
   line = 64
   pixel_bytes = channels * itemsize
-  return line // itemsize if pixel_bytes >= 2 * line and pixel_bytes % (2 * line) == 0 else 0
+  return line // itemsize if pixel_bytes % (2 * line) == 0 else 0
 
 
 def _tap_sum(views: list[jax.Array], kernel: jax.Array) -> jax.Array:
