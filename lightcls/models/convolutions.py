@@ -58,13 +58,7 @@ def _output_shape(shape: tuple[int, ...], kernel: int, stride: int, padding: Pad
 # reduction (MobileNetV2, 224 px, batch 32; experiments/RESULTS.md, "CPU speed").
 def _sliced_taps(x: jax.Array, kernel: int, stride: int, padding: Padding) -> list[jax.Array]:
   """The padded input each tap multiplies, at output resolution, row-major over the taps."""
-  return _tap_views(_padded(x, _input_pads(x, padding)), x.shape, kernel, stride, padding)
-
-
-def _input_pads(x: jax.Array, padding: Padding, spare: bool = False) -> tuple[tuple[int, int], ...]:
-  """(before, after) of the input's rows, columns and channels in the copy the taps slice; with `spare`,
-  the channels that the filter gradient's reduction wants (`_spare_channels`)."""
-  return (padding[0], padding[1], (0, _spare_channels(x.shape[3], x.dtype.itemsize) if spare else 0))
+  return _tap_views(_padded(x, (*padding, (0, 0))), x.shape, kernel, stride, padding)
 
 
 def _padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
@@ -74,26 +68,12 @@ def _padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
 
 def _tap_views(padded: jax.Array, shape: tuple[int, ...], kernel: int, stride: int,
                padding: Padding) -> list[jax.Array]:
-  """Each tap's slice of `padded` (an input of `shape` padded by `_input_pads`), at output resolution."""
+  """Each tap's slice of `padded` (an input of `shape` padded by `padding`), at output resolution."""
   height, width = _output_shape(shape, kernel, stride, padding)
   return [lax.slice(padded, (0, a, b, 0),
                     (shape[0], a + (height - 1) * stride + 1, b + (width - 1) * stride + 1, shape[3]),
                     (1, stride, stride, 1))
           for a in range(kernel) for b in range(kernel)]
-
-
-# The filter gradient's reduction walks each image row pixel by pixel (by two pixels at stride 2), so its
-# addresses step by one or two pixels' channels. When a pixel spans an even number of 64-byte cache lines
-# (32, 64, 96, 128, ... float32 channels), the row's pixels crowd into a few of the L1 cache's sets and evict
-# each other: the reduction ran 1.2-4.7x slower (AMD EPYC, 32x14x14x512: 20 ms against 4-5 ms for 496 or 528
-# channels; Intel Xeon, 32x112x112x64 at stride 2: 38-43 ms against 15-16 ms, 32x112x112x32: 36 against
-# 26 ms). One spare cache line per pixel in the padded copy makes the step odd; the copy exists anyway, and
-# the taps slice the real channels back out (experiments/RESULTS.md, "CPU speed").
-def _spare_channels(channels: int, itemsize: int) -> int:
-  """Channels of zeros to append to the padded input so that a pixel spans an odd number of cache lines."""
-  line = 64
-  pixel_bytes = channels * itemsize
-  return line // itemsize if pixel_bytes % (2 * line) == 0 else 0
 
 
 def _tap_sum(views: list[jax.Array], kernel: jax.Array) -> jax.Array:
@@ -131,21 +111,13 @@ def _held_padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
   """Depthwise convolution as a sum of shifted inputs; kernel (k, k, 1, C) as nn.Conv's."""
-  return _tap_sum_of_padded(x, kernel, stride, padding, spare=False)[0]
+  return _depthwise_taps_fwd(x, kernel, stride, padding)[0]
 
 
-def _tap_sum_of_padded(x, kernel, stride, padding, spare):
-  """The tap sum, and the padded copy of x it reads."""
-  padded = _held_padded(x, _input_pads(x, padding, spare))
-  return _tap_sum(_tap_views(padded, x.shape, kernel.shape[0], stride, padding), kernel), padded
-
-
-# Only a differentiated tap sum pads with spare channels: its padded copy is the filter gradient's residual.
-# Without a gradient they are pure cost (inference at 224 px, batch 32: EfficientNet-B0, MobileNetV1 and V2
-# 30% slower with pixels of 32 and 64 float32 channels padded to 48 and 80).
 def _depthwise_taps_fwd(x, kernel, stride, padding):
-  out, padded = _tap_sum_of_padded(x, kernel, stride, padding, spare=True)
-  return out, (padded, kernel)
+  """The tap sum, and as residuals the padded copy of x it reads and the kernel."""
+  padded = _held_padded(x, (*padding, (0, 0)))
+  return _tap_sum(_tap_views(padded, x.shape, kernel.shape[0], stride, padding), kernel), (padded, kernel)
 
 
 def _depthwise_taps_bwd(stride, padding, residuals, grad):
@@ -155,15 +127,49 @@ def _depthwise_taps_bwd(stride, padding, residuals, grad):
   # `grad` comes back as a slice of the padded copy that the input gradient holds.
   grad_x, grad = _input_gradient(grad, kernel, stride, padding, shape)
   # The filter gradient: each tap's view times the output gradient, summed over batch and space, in
-  # float32 for bf16 inputs (a sum over N*H*W products). One variadic reduction over the width axis makes
-  # all k*k sums in a single pass over x and grad (on CPU 6x faster than k*k separate reductions, which
-  # each read both again); the remaining sum over N and H is small.
+  # float32 for bf16 inputs (a sum over N*H*W products).
   grad_f32 = grad.astype(jnp.float32)
   products = [view.astype(jnp.float32) * grad_f32
               for view in _tap_views(padded, shape, kernel.shape[0], stride, padding)]
-  row_sums = lax.reduce(products, [jnp.zeros((), jnp.float32)] * len(products), _add_each, (2,))
-  grad_kernel = jnp.stack([rows.sum((0, 1)) for rows in row_sums]).reshape(kernel.shape).astype(kernel.dtype)
+  grad_kernel = jnp.stack(_tap_totals(products, kernel.shape[0])).reshape(kernel.shape).astype(kernel.dtype)
   return grad_x, grad_kernel
+
+
+# The filter gradient's sums, in two passes. The first sums the products over blocks of a few image
+# rows, in one variadic reduction for several taps, so that it reads x and grad once for all of them; the
+# second sums the partial sums, a fraction of the size (a reduction YNNPACK runs). XLA:CPU writes a
+# reduction as a loop per output element around a loop over the elements it sums. Over 4-8 rows it
+# unrolls that inner loop, and the loop over channels, now the innermost, is vectorised. Against one
+# reduction over the width, which XLA could not vectorise, on an Intel Xeon 2.5-3.5x faster
+# (32x56x56x128: 8.1 against 26.3 ms; 5x5 on 32x28x28x240: 15.6 against 29.5 ms), and train steps at
+# 224 px 7-14% faster (experiments/RESULTS.md, "CPU speed"). Kernels above 3x3 take a kernel row (k taps)
+# per reduction: with all 25 taps of a 5x5 kernel the unrolled loop was not vectorised.
+def _tap_totals(products: list[jax.Array], kernel: int) -> list[jax.Array]:
+  """Each (N, H, W, C) product summed over N, H and W."""
+  taps = kernel * kernel if kernel <= 3 else kernel
+  totals = []
+  for first in range(0, len(products), taps):
+    group = products[first:first + taps]
+    span_sums = [_block_sums([p[:, start:stop] for p in group], rows)
+                 for start, stop, rows in _row_spans(products[0].shape[1])]
+    totals += [functools.reduce(jnp.add, sums) for sums in zip(*span_sums)]
+  return totals
+
+
+def _row_spans(height: int) -> list[tuple[int, int, int]]:
+  """(first row, end row, rows per block) of at most two spans of whole blocks that tile `height` rows:
+  blocks of the most rows from 8 to 4 that divide it, else blocks of 8 rows and one of the rest."""
+  rows = next((rows for rows in range(8, 3, -1) if height % rows == 0), min(8, height))
+  whole = height - height % rows
+  return [(0, whole, rows)] + ([(whole, height, height - whole)] if whole < height else [])
+
+
+def _block_sums(products: list[jax.Array], rows: int) -> list[jax.Array]:
+  """Each (N, H, W, C) product summed over N, H and W, with H summed in blocks of `rows` rows first."""
+  n, height, width, channels = products[0].shape
+  blocks = [p.reshape(n, height // rows, rows, width, channels) for p in products]
+  zeros = [jnp.zeros((), jnp.float32)] * len(blocks)
+  return [sums.sum((0, 1, 2)) for sums in lax.reduce(blocks, zeros, _add_each, (2,))]
 
 
 def _input_gradient(grad: jax.Array, kernel: jax.Array, stride: int, padding: Padding,

@@ -49,15 +49,22 @@ def test_tap_sum_on_images_too_small_for_a_producer_written_pad_equals_xla(kerne
     np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5 * float(jnp.abs(reference).max()))
 
 
-@pytest.mark.parametrize('dtype,channels,kernel,stride', [(jnp.float32, 128, 3, 1), (jnp.float32, 96, 5, 2),
-                                                          (jnp.float32, 64, 3, 2), (jnp.float32, 32, 3, 1),
-                                                          (jnp.bfloat16, 256, 3, 2)])
-def test_tap_sum_with_spare_channels_in_its_padded_copy_equals_xla(dtype, channels, kernel, stride):
-  # Pixels of an even number of cache lines get a spare line in the padded copy.
-  assert convolutions._spare_channels(channels, jnp.dtype(dtype).itemsize) * jnp.dtype(dtype).itemsize == 64
-  keys = jax.random.split(jax.random.PRNGKey(channels + stride), 3)
-  x = jax.random.normal(keys[0], (2, 7, 6, channels), dtype)
-  w = jax.random.normal(keys[1], (kernel, kernel, 1, channels), dtype)
+@pytest.mark.parametrize('height,spans', [(112, [(0, 112, 8)]), (14, [(0, 14, 7)]), (10, [(0, 10, 5)]),
+                                          (17, [(0, 16, 8), (16, 17, 1)]), (11, [(0, 8, 8), (8, 11, 3)]),
+                                          (3, [(0, 3, 3)]), (1, [(0, 1, 1)])])
+def test_row_spans_tile_the_height_with_blocks_of_at_most_eight_rows(height, spans):
+  assert convolutions._row_spans(height) == spans
+
+
+# Output heights with one span of blocks (16, 7) and with a remainder (9 -> 8 + 1, 11 -> 8 + 3); 3x3 kernels
+# sum all taps in one reduction, larger ones a kernel row per reduction.
+@pytest.mark.parametrize('dtype,kernel,stride,height', [(jnp.float32, 3, 1, 16), (jnp.float32, 5, 2, 14),
+                                                        (jnp.float32, 3, 1, 9), (jnp.float32, 7, 1, 11),
+                                                        (jnp.bfloat16, 3, 2, 17), (jnp.bfloat16, 5, 1, 11)])
+def test_filter_gradient_summed_in_row_blocks_equals_xla(dtype, kernel, stride, height):
+  keys = jax.random.split(jax.random.PRNGKey(kernel * 100 + height), 3)
+  x = jax.random.normal(keys[0], (2, height, 6, 40), dtype)
+  w = jax.random.normal(keys[1], (kernel, kernel, 1, 40), dtype)
   padding = convolutions.explicit_padding(x.shape[1:3], kernel, stride, 'same')
 
   def outputs(impl):
