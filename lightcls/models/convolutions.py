@@ -140,9 +140,9 @@ def _depthwise_taps_bwd(stride, padding, residuals, grad):
 # second sums the partial sums, a fraction of the size (a reduction YNNPACK runs). XLA:CPU writes a
 # reduction as a loop per output element around a loop over the elements it sums. Over 4-8 rows it
 # unrolls that inner loop, and the loop over channels, now the innermost, is vectorised. Against one
-# reduction over the width, which XLA could not vectorise, on an Intel Xeon 2.5-3.5x faster
+# reduction over the width, which XLA could not vectorise, on an Intel Xeon 1.7-3.9x faster
 # (32x56x56x128: 8.1 against 26.3 ms; 5x5 on 32x28x28x240: 15.6 against 29.5 ms), and train steps at
-# 224 px 7-14% faster (experiments/RESULTS.md, "CPU speed"). Kernels above 3x3 take a kernel row (k taps)
+# 224 px 11-22% faster (experiments/RESULTS.md, "CPU speed"). Kernels above 3x3 take a kernel row (k taps)
 # per reduction: with all 25 taps of a 5x5 kernel the unrolled loop was not vectorised.
 def _tap_totals(products: list[jax.Array], kernel: int) -> list[jax.Array]:
   """Each (N, H, W, C) product summed over N, H and W."""
