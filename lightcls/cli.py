@@ -112,7 +112,7 @@ def keep_freed_host_memory() -> bool:
   in order, the thread that calls the computation allocates the buffer (no page faults per step, measured).
   Dispatched asynchronously, a worker thread allocated it, and the next step could allocate its buffer before
   that thread had freed the last one: the heap grew by another buffer (3-5 s steps, and up to 7 GB where 3 GB do). In order that is
-  rare: 0-1 of 100 executions in a loaded test, against 0-5 asynchronously (tests/test_cli.py). Train steps
+  rarer: 0-3 of 100 executions on a loaded 2-core machine, against 0-5 asynchronously. Train steps
   do not wait on the host: batches are prepared on their own threads. Other threads keep their own arenas:
   an earlier single arena for every thread made XLA's compiler threads queue for its lock (XLA's part of
   GhostNet 1.0's train-step compile at 224 px: 16-21 s against 11-15 s).
