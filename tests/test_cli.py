@@ -64,7 +64,7 @@ start = time.perf_counter()
 y = f(x)
 returned = time.perf_counter() - start
 y.block_until_ready()
-print(json.dumps({'returned': returned, 'ready': time.perf_counter() - start}))
+print(json.dumps({'kept': kept, 'returned': returned, 'ready': time.perf_counter() - start}))
 '''
 
 
@@ -76,6 +76,7 @@ def test_kept_freed_memory_runs_cpu_computations_in_order():
   # per 100 executions told the two apart only most of the time: 0-5 asynchronously, 0-3 in order on a loaded
   # 2-core machine; experiments/RESULTS.md, "CPU speed".)
   default, kept = _probe(_DISPATCH_TIMES, 'default'), _probe(_DISPATCH_TIMES, 'kept')
+  assert not default['kept'] and kept['kept']
   assert default['returned'] < 0.5 * default['ready']
   assert kept['returned'] > 0.9 * kept['ready']
 

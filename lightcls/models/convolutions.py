@@ -58,12 +58,12 @@ def _output_shape(shape: tuple[int, ...], kernel: int, stride: int, padding: Pad
 # reduction (MobileNetV2, 224 px, batch 32; experiments/RESULTS.md, "CPU speed").
 def _sliced_taps(x: jax.Array, kernel: int, stride: int, padding: Padding) -> list[jax.Array]:
   """The padded input each tap multiplies, at output resolution, row-major over the taps."""
-  return _tap_views(_padded(x, (*padding, (0, 0))), x.shape, kernel, stride, padding)
+  return _tap_views(_padded(x, padding), x.shape, kernel, stride, padding)
 
 
-def _padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
-  """x padded with zeros by (before, after) of its axes after the first."""
-  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((a, b, 0) for a, b in pads))
+def _padded(x: jax.Array, padding: Padding) -> jax.Array:
+  """x (N, H, W, C) padded with zeros by (before, after) of its rows and columns."""
+  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((a, b, 0) for a, b in padding), (0, 0, 0)))
 
 
 def _tap_views(padded: jax.Array, shape: tuple[int, ...], kernel: int, stride: int,
@@ -101,11 +101,11 @@ _PRODUCER_PAD_MIN_PIXELS = 16
 # batch 32, on CPU: up to 9% faster for each of the six models). On images of 2x2 and 1x1 pixels XLA copied
 # each tap's slice of the held copy into a buffer of its own (GhostNet at 32 px: 157 copies against 23),
 # and the step ran 5-12% slower; those keep the barrier on the input.
-def _held_padded(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+def _held_padded(x: jax.Array, padding: Padding) -> jax.Array:
   """x padded as `_padded`, read from memory by its consumers (see `_materialized`)."""
   if x.shape[1] * x.shape[2] >= _PRODUCER_PAD_MIN_PIXELS:
-    return _materialized(_padded(x, pads))
-  return _padded(_materialized(x), pads)
+    return _materialized(_padded(x, padding))
+  return _padded(_materialized(x), padding)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -116,7 +116,7 @@ def depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Paddin
 
 def _depthwise_taps_fwd(x, kernel, stride, padding):
   """The tap sum, and as residuals the padded copy of x it reads and the kernel."""
-  padded = _held_padded(x, (*padding, (0, 0)))
+  padded = _held_padded(x, padding)
   return _tap_sum(_tap_views(padded, x.shape, kernel.shape[0], stride, padding), kernel), (padded, kernel)
 
 
@@ -147,11 +147,11 @@ def _depthwise_taps_bwd(stride, padding, residuals, grad):
 def _tap_totals(products: list[jax.Array], kernel: int) -> list[jax.Array]:
   """Each (N, H, W, C) product summed over N, H and W."""
   taps = kernel * kernel if kernel <= 3 else kernel
+  spans = _row_spans(products[0].shape[1])
   totals = []
   for first in range(0, len(products), taps):
     group = products[first:first + taps]
-    span_sums = [_block_sums([p[:, start:stop] for p in group], rows)
-                 for start, stop, rows in _row_spans(products[0].shape[1])]
+    span_sums = [_block_sums([p[:, start:stop] for p in group], rows) for start, stop, rows in spans]
     totals += [functools.reduce(jnp.add, sums) for sums in zip(*span_sums)]
   return totals
 
@@ -194,7 +194,7 @@ def _input_gradient(grad: jax.Array, kernel: jax.Array, stride: int, padding: Pa
   before = (max(0, -min(dr for dr, _ in shifts)), max(0, -min(dc for _, dc in shifts)))
   after = (max(0, rows + max(dr for dr, _ in shifts) - grad.shape[1]),
            max(0, cols + max(dc for _, dc in shifts) - grad.shape[2]))
-  padded = _held_padded(grad, ((before[0], after[0]), (before[1], after[1]), (0, 0)))
+  padded = _held_padded(grad, ((before[0], after[0]), (before[1], after[1])))
   grad = lax.slice(padded, (0, before[0], before[1], 0), (grad.shape[0], before[0] + grad.shape[1],
                                                            before[1] + grad.shape[2], grad.shape[3]))
 
